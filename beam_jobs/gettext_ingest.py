@@ -1,0 +1,274 @@
+"""Stage ``ingest``: gettext catalogs -> ``corpus_raw`` (Parquet, partitioned by language).
+
+Reads every ``<locale>/LC_MESSAGES/<domain>.mo`` under the configured locale roots (default
+``/usr/share/locale``: about 1.8 M human translations of English UI strings on a Debian machine)
+plus any ``.po``/``.mo`` files or folders given, and turns each translated entry into an
+(English source, language, translation) row, following the pairing policy documented in
+``labse_core.gettext_catalog`` (plurals, contexts, fuzzy and untranslated entries).
+
+One Beam element is one catalog file, parsed into one Arrow table, so the per-row cost is that of
+the parser, not of Beam. Run it::
+
+    labse ingest                                  # all catalogs of this machine
+    labse ingest --path my.po --path po/ --no-system   # only given files
+    labse ingest --runner FlinkRunner --beam-arg=--flink_master=host:8081   # on a cluster
+
+Writes ``lake/corpus/raw/lang=xx/part-NNNNN.parquet`` and its ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics.metric import MetricsFilter
+from pydantic import BaseModel, ConfigDict, Field
+
+from beam_jobs.options import BeamConfig
+from labse_core import langcodes
+from labse_core.gettext_catalog import CatalogError, catalog_pairs, locale_from_path, read_catalog
+from storage.datasets import DatasetWriter, part_file_name, partition_path
+from storage.io import write_parquet
+from storage.layout import Layout
+from storage.manifest import Manifest
+from storage.schemas import RAW_PAIRS
+
+NAMESPACE = "ingest"
+CATALOG_SUFFIXES = (".mo", ".gmo", ".po")
+
+
+class GettextIngestConfig(BaseModel):
+    """What to read and how; every field has a default that reads this machine's catalogs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    locale_roots: list[Path] = Field(
+        default_factory=lambda: [Path("/usr/share/locale")],
+        description="Folders laid out as <locale>/LC_MESSAGES/<domain>.mo (system catalogs).",
+    )
+    paths: list[Path] = Field(
+        default_factory=list, description="Extra .po/.mo files, or folders searched recursively for them."
+    )
+    languages: list[str] | None = Field(
+        None, description="Keep only these languages (any code or locale; normalized). None keeps all."
+    )
+    domains: list[str] | None = Field(None, description="Keep only these text domains (gtk30, coreutils ...).")
+    max_catalogs: int | None = Field(None, ge=1, description="Read at most this many catalogs (small presets).")
+    include_fuzzy: bool = Field(False, description="Keep entries flagged fuzzy (unchecked translations).")
+    skip_bad_catalogs: bool = Field(
+        False, description="Count malformed catalogs and go on, instead of failing the stage on the first one."
+    )
+    source_language: str = Field("en", description="Language of msgid (gettext convention: English).")
+    rows_per_file: int = Field(250_000, ge=1, description="Target rows per Parquet file within a partition.")
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+
+
+class CatalogRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    path: str
+    locale: str
+    lang: str
+    domain: str | None
+    bytes: int
+
+
+class FileGroup(BaseModel):
+    """Catalogs of one language that go into one Parquet file."""
+
+    model_config = ConfigDict(frozen=True)
+    lang: str
+    index: int
+    refs: list[CatalogRef]
+
+
+class IngestResult(BaseModel):
+    manifest: Manifest
+    stats: dict[str, int | list[str]]
+    errors: list[str]
+    seconds: float
+    catalogs: int
+
+
+class IngestError(RuntimeError):
+    """The stage stopped; the message names the file and line."""
+
+
+def discover_catalogs(cfg: GettextIngestConfig, stats: Counter | None = None) -> list[CatalogRef]:
+    """List catalog files and their language (paths and headers only: the entries are read by the
+    workers), applying the language and domain filters."""
+    stats = stats if stats is not None else Counter()
+    found: list[Path] = []
+    for root in cfg.locale_roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"locale root {root} does not exist or is not a folder")
+        found += sorted(p for p in root.glob("*/LC_MESSAGES/*") if p.suffix in CATALOG_SUFFIXES)
+    for p in cfg.paths:
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.suffix in CATALOG_SUFFIXES and q.is_file())
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"catalog path {p} does not exist")
+    wanted = {langcodes.normalize(x) for x in cfg.languages} if cfg.languages else None
+    source = langcodes.base_language(cfg.source_language)
+    refs = []
+    for p in found:
+        locale, domain = locale_from_path(p)
+        if cfg.domains and domain not in cfg.domains:
+            continue
+        if locale is None or p.parent.name != "LC_MESSAGES":
+            # A loose file (po/de.po): its header is authoritative. Parsing it here also reports a
+            # malformed user file before any work starts.
+            locale = read_catalog(p).language or locale
+            if not locale:
+                raise CatalogError(p, "no language: not under <locale>/LC_MESSAGES/ and no 'Language:' header")
+        try:
+            lang = langcodes.normalize(locale)
+        except langcodes.UnknownLanguage as e:
+            if p.parent.name == "LC_MESSAGES":
+                stats["catalogs_unknown_locale"] += 1  # a system folder we cannot name: counted, skipped
+                continue
+            raise CatalogError(p, f"unknown language {locale!r}: {e}") from None
+        if langcodes.base_language(lang) == source:
+            stats["catalogs_source_language"] += 1  # en_GB, en@quot: English -> English
+            continue
+        if wanted is not None and lang not in wanted:
+            continue
+        refs.append(CatalogRef(path=str(p), locale=locale, lang=lang, domain=domain, bytes=p.stat().st_size))
+        if cfg.max_catalogs and len(refs) >= cfg.max_catalogs:
+            break
+    return refs
+
+
+# Compiled catalogs hold ~90 bytes per entry on this machine; used only to size files.
+BYTES_PER_ROW_ESTIMATE = 100
+
+
+def plan_files(refs: list[CatalogRef], rows_per_file: int) -> list[FileGroup]:
+    """Split each language's catalogs into ~equal-size groups, one output file each (greedy by size).
+
+    Planning on the driver from file sizes means the workers exchange only file names: the parsed
+    rows never travel through a shuffle, and each worker holds one file's rows at a time.
+    """
+    by_lang: dict[str, list[CatalogRef]] = {}
+    for r in refs:
+        by_lang.setdefault(r.lang, []).append(r)
+    groups = []
+    for lang, items in sorted(by_lang.items()):
+        total = sum(r.bytes for r in items)
+        n = max(1, math.ceil(total / (rows_per_file * BYTES_PER_ROW_ESTIMATE)))
+        bins: list[list[CatalogRef]] = [[] for _ in range(n)]
+        sizes = [0] * n
+        for r in sorted(items, key=lambda r: (-r.bytes, r.path)):
+            i = sizes.index(min(sizes))
+            bins[i].append(r)
+            sizes[i] += r.bytes
+        groups += [FileGroup(lang=lang, index=i, refs=sorted(b, key=lambda r: r.path)) for i, b in enumerate(bins) if b]
+    return groups
+
+
+def catalog_table(ref: CatalogRef, cfg: GettextIngestConfig, stats: Counter) -> pa.Table:
+    """Parse one catalog into a table in ``corpus_raw``'s file schema."""
+    catalog = read_catalog(ref.path)
+    rows = list(catalog_pairs(catalog, include_fuzzy=cfg.include_fuzzy, stats=stats))
+    stats["catalogs_read"] += 1
+    n = len(rows)
+    return pa.Table.from_pydict(
+        {
+            "src_lang": [langcodes.normalize(cfg.source_language)] * n,
+            "src_text": [r.src_text for r in rows],
+            "tgt_text": [r.tgt_text for r in rows],
+            "locale": [ref.locale] * n,
+            "source": [f"gettext-{catalog.format}"] * n,
+            "domain": [ref.domain] * n,
+            "origin": [ref.path] * n,
+            "line": [r.line for r in rows],
+            "context": [r.context for r in rows],
+            "plural_form": [r.plural_form for r in rows],
+        },
+        schema=RAW_PAIRS.file_schema,
+    )
+
+
+class _ParseAndWriteFn(beam.DoFn):
+    """One element = one planned output file: parse its catalogs, write one Parquet file."""
+
+    ERRORS = "errors"
+
+    def __init__(self, cfg: GettextIngestConfig, staging: str):
+        self.cfg = cfg
+        self.staging = staging
+
+    def process(self, group: FileGroup):
+        stats: Counter = Counter()
+        tables = []
+        for ref in group.refs:
+            try:
+                tables.append(catalog_table(ref, self.cfg, stats))
+            except (CatalogError, OSError) as e:
+                stats["catalogs_malformed"] += 1
+                yield beam.pvalue.TaggedOutput(self.ERRORS, str(e))
+        rows = 0
+        if tables:
+            table = pa.concat_tables(tables)
+            path = Path(self.staging) / partition_path(RAW_PAIRS, {"lang": group.lang}) / part_file_name(group.index)
+            rows = write_parquet(RAW_PAIRS, table, path) if table.num_rows else 0
+        stats["rows_written"] += rows
+        for key, value in stats.items():
+            beam.metrics.Metrics.counter(NAMESPACE, key).inc(value)
+        yield {"lang": group.lang, "index": group.index, "rows": rows}
+
+
+def _counters(result) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    return {c.key.metric.name: int(c.committed or c.attempted or 0) for c in query["counters"]}
+
+
+def run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None = None, producer: dict | None = None) -> IngestResult:
+    """Run the stage. A malformed catalog (unless ``skip_bad_catalogs``) raises ``CatalogError`` /
+    ``IngestError`` naming the file and line, and leaves the published dataset untouched."""
+    t0 = time.perf_counter()
+    layout.ensure()
+    driver_stats: Counter = Counter()
+    refs = discover_catalogs(cfg, driver_stats)
+    if not refs:
+        raise IngestError("no gettext catalogs found in " + ", ".join(map(str, [*cfg.locale_roots, *cfg.paths])))
+    groups = plan_files(refs, cfg.rows_per_file)
+    writer = DatasetWriter(layout, RAW_PAIRS, run_id).begin()
+    errors_path = writer.staging.parent / f".errors-{writer.run_id}.txt"
+    try:
+        with beam.Pipeline(options=cfg.beam.pipeline_options()) as p:
+            out = (
+                p
+                | "PlannedFiles" >> beam.Create(groups, reshuffle=True)
+                | "ParseAndWrite"
+                >> beam.ParDo(_ParseAndWriteFn(cfg, str(writer.staging))).with_outputs(_ParseAndWriteFn.ERRORS, main="files")
+            )
+            _ = (
+                out[_ParseAndWriteFn.ERRORS]
+                | "CollectErrors" >> beam.combiners.ToList()  # malformed files only: small
+                | "WriteErrors" >> beam.Map(lambda errs, path=str(errors_path): Path(path).write_text("\n".join(sorted(errs))))
+            )
+        stats = dict(driver_stats) | _counters(p.result)
+        errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
+        if errors and not cfg.skip_bad_catalogs:
+            more = f" (and {len(errors) - 1} more malformed catalogs)" if len(errors) > 1 else ""
+            raise IngestError(f"malformed catalog: {errors[0]}{more}")
+        stats["malformed_catalogs"] = len(errors)
+        manifest = writer.publish(
+            producer={"stage": "ingest", "run_id": writer.run_id, **(producer or {}), "config": cfg.model_dump(mode="json")},
+            stats=stats | {"malformed_catalog_errors": errors},
+            expected_rows=stats.get("pairs", 0),
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        errors_path.unlink(missing_ok=True)
+    return IngestResult(
+        manifest=manifest, stats=stats, errors=errors, seconds=time.perf_counter() - t0, catalogs=len(refs)
+    )

@@ -1,0 +1,224 @@
+"""``labse``: the platform's command line.
+
+    labse demo                         run labse-pipeline on the embedded defaults
+    labse pipeline --preset smoke      run a named preset
+    labse ingest [--path F]...         run the gettext ingest stage alone
+    labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
+    labse datasets                     list published datasets
+    labse catalog-refresh              rebuild the DuckDB views
+    labse ui mlflow|prefect            start the MLflow or Prefect UI on this home
+
+Global option ``--home`` (or ``LABSE_HOME``) picks the platform home (default ``./labse_home``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+console = Console()
+err = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.callback()
+def _global(
+    home: Annotated[Path | None, typer.Option(help="Platform home (default: $LABSE_HOME or ./labse_home).")] = None,
+) -> None:
+    from flows.env import bootstrap
+
+    bootstrap(home)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _print_summary(summary) -> None:
+    t = Table(title=f"labse-pipeline ({summary.preset}) finished in {summary.seconds:.0f}s", title_justify="left")
+    for col in ("stage", "dataset", "rows", "partitions", "files", "seconds"):
+        t.add_column(col, justify="right" if col in ("rows", "partitions", "files", "seconds") else "left")
+    for s in summary.stages:
+        t.add_row(s.stage, s.dataset, f"{s.rows:,}", str(s.partitions), str(s.files), f"{s.seconds:.1f}")
+    console.print(t)
+    console.print(f"home:        {summary.home}")
+    for s in summary.stages:
+        console.print(f"{s.dataset + ':':<12} {s.path}")
+    console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
+    console.print(f"Prefect run: {summary.prefect_flow_run_id}  (labse ui prefect)")
+    views = ", ".join(summary.views)
+    console.print(f"catalog:     views {views}; try  labse sql \"SELECT lang, count(*) AS pairs FROM corpus_raw GROUP BY 1 ORDER BY 2 DESC\"")
+
+
+def _run_pipeline(config) -> None:
+    from flows.pipeline import labse_pipeline
+
+    with console.status(f"running labse-pipeline (preset {config.preset}) ...", spinner="dots"):
+        summary = labse_pipeline(config)
+    _print_summary(summary)
+
+
+@app.command()
+def demo() -> None:
+    """Run labse-pipeline end to end on the embedded defaults (this machine's gettext catalogs)."""
+    from flows.pipeline import demo as demo_preset
+
+    _run_pipeline(demo_preset())
+
+
+@app.command()
+def pipeline(
+    preset: Annotated[str, typer.Option(help="Named preset (demo, smoke).")] = "demo",
+    config: Annotated[Path | None, typer.Option(help="JSON file with PipelineConfig fields (overrides the preset).")] = None,
+) -> None:
+    """Run labse-pipeline with a named preset or a JSON config."""
+    from pydantic import ValidationError
+
+    from flows.pipeline import PipelineConfig
+    from flows.pipeline import preset as get_preset
+
+    try:
+        cfg = get_preset(preset)
+        if config is not None:
+            cfg = PipelineConfig.model_validate({**cfg.model_dump(), **json.loads(config.read_text())})
+    except (ValueError, ValidationError, OSError) as e:
+        _fail(f"bad pipeline configuration: {e}")
+    _run_pipeline(cfg)
+
+
+@app.command()
+def ingest(
+    path: Annotated[list[Path] | None, typer.Option("--path", help=".po/.mo file or folder (repeatable).")] = None,
+    system: Annotated[bool, typer.Option(help="Also read /usr/share/locale.")] = True,
+    lang: Annotated[list[str] | None, typer.Option("--lang", help="Keep only this language (repeatable).")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Count malformed catalogs instead of stopping.")] = False,
+    runner: Annotated[str, typer.Option(help="Beam runner.")] = "DirectRunner",
+    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+    beam_arg: Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option.")] = None,
+) -> None:
+    """Read gettext catalogs into the corpus_raw dataset (Beam)."""
+    from pydantic import ValidationError
+
+    from beam_jobs.gettext_ingest import GettextIngestConfig, IngestError, run
+    from beam_jobs.options import BeamConfig
+    from labse_core.langcodes import UnknownLanguage
+    from storage import catalog
+    from storage.layout import Layout
+
+    try:
+        beam_kwargs = {"runner": runner, "extra_args": beam_arg or []} | ({"num_workers": workers} if workers else {})
+        cfg = GettextIngestConfig(
+            locale_roots=[Path("/usr/share/locale")] if system else [],
+            paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=BeamConfig(**beam_kwargs),
+        )
+        layout = Layout.from_env()
+        with console.status("reading gettext catalogs ...", spinner="dots"):
+            result = run(cfg, layout)
+    except (IngestError, FileNotFoundError, UnknownLanguage, ValidationError) as e:
+        _fail(str(e))
+    catalog.refresh(layout)
+    m = result.manifest
+    console.print(f"corpus_raw: {m.rows:,} pairs, {len(m.partitions)} languages, {result.catalogs} catalogs, "
+                  f"{result.seconds:.1f}s -> {layout.dataset_dir('corpus/raw')}")
+    for e in result.errors:
+        console.print(f"[yellow]skipped malformed catalog:[/] {e}", highlight=False)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL (read-only). Views: one per dataset, plus table 'datasets'.")],
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
+) -> None:
+    """Query the DuckDB catalog (read-only)."""
+    from storage.catalog import QueryError
+    from storage.catalog import query as run_query
+    from storage.layout import Layout
+
+    try:
+        result = run_query(Layout.from_env(), query)
+    except QueryError as e:
+        _fail(str(e))
+    rows = result.to_pylist()
+    if format is OutputFormat.json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str) + "\n")
+    elif format is OutputFormat.csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(result.column_names)
+        w.writerows([[r[c] for c in result.column_names] for r in rows])
+        sys.stdout.write(buf.getvalue())
+    else:
+        t = Table(*result.column_names, show_lines=False)
+        for r in rows[:max_rows]:
+            t.add_row(*["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()])
+        console.print(t)
+        if len(rows) > max_rows:
+            console.print(f"({len(rows)} rows, {max_rows} shown; --max-rows or --format csv for all)")
+
+
+@app.command()
+def datasets() -> None:
+    """List published datasets."""
+    from storage import catalog
+    from storage.layout import Layout
+
+    catalog.refresh(Layout.from_env())
+    sql("SELECT name, rows, files, partitions, created_at, path FROM datasets ORDER BY name", OutputFormat.table, 100)
+
+
+@app.command("catalog-refresh")
+def catalog_refresh() -> None:
+    """Rebuild the DuckDB catalog's views from the datasets' manifests."""
+    from storage import catalog
+    from storage.layout import Layout
+
+    views = catalog.refresh(Layout.from_env())
+    console.print(f"views: {', '.join(views) or 'none (no published dataset yet)'}")
+
+
+@app.command()
+def ui(
+    which: Annotated[str, typer.Argument(help="mlflow or prefect")],
+    port: Annotated[int | None, typer.Option(help="Port (default 5000 for MLflow, 4200 for Prefect).")] = None,
+) -> None:
+    """Start the MLflow UI or the Prefect UI over this home's databases (Ctrl-C to stop)."""
+    from storage import tracking
+    from storage.layout import Layout
+
+    layout = Layout.from_env()
+    bindir = Path(sys.executable).parent
+    if which == "mlflow":
+        args = [str(bindir / "mlflow"), "ui", "--backend-store-uri", tracking.tracking_uri(layout),
+                "--default-artifact-root", layout.mlflow_artifacts.as_uri(), "--port", str(port or 5000)]
+    elif which == "prefect":
+        args = [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port or 4200)]
+    else:
+        _fail("ui takes 'mlflow' or 'prefect'")
+    console.print(" ".join(args))
+    os.execv(args[0], args)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

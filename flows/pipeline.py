@@ -1,0 +1,160 @@
+"""The end-to-end Prefect flow ``labse-pipeline``.
+
+Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``). Each stage is a Prefect
+task that calls the stage's ``run(config)``, logs a child MLflow run under the pipeline's parent
+run, refreshes the DuckDB catalog and publishes Prefect artifacts.
+
+Run it::
+
+    labse demo                       # preset "demo", embedded Prefect + MLflow under LABSE_HOME
+    labse pipeline --preset full     # every named preset: see PRESETS
+    python -m flows.pipeline         # same as `labse demo`
+
+With ``PREFECT_API_URL`` set, runs are recorded by that Prefect server instead of the ephemeral one;
+``flows/deploy.py`` serves the flow as a deployment with a retraining schedule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
+
+from beam_jobs import gettext_ingest
+from beam_jobs.gettext_ingest import GettextIngestConfig
+from flows.reporting import plot_partition_rows, publish_prefect_artifacts
+from storage import catalog, tracking
+from storage.layout import Layout
+
+
+class PipelineConfig(BaseModel):
+    """Parameters of ``labse-pipeline`` (a form in the Prefect UI)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("demo", description="Name of the preset these settings came from (for the record).")
+    ingest: GettextIngestConfig = Field(default_factory=GettextIngestConfig, description="gettext ingest stage.")
+    time_budget_minutes: float = Field(
+        20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
+    )
+
+
+def demo() -> PipelineConfig:
+    """Every gettext catalog of this machine (~1.8 M pairs, ~1 min); small training settings."""
+    return PipelineConfig(preset="demo")
+
+
+def smoke() -> PipelineConfig:
+    """A few languages only: the fastest run that exercises every stage (tests, first look)."""
+    return PipelineConfig(
+        preset="smoke",
+        ingest=GettextIngestConfig(languages=["de", "fr", "ru", "ja", "ar", "hi"], domains=None),
+        time_budget_minutes=5,
+    )
+
+
+PRESETS: dict[str, Callable[[], PipelineConfig]] = {"demo": demo, "smoke": smoke}
+
+
+def preset(name: str) -> PipelineConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+class StageSummary(BaseModel):
+    stage: str
+    dataset: str
+    rows: int
+    partitions: int
+    files: int
+    seconds: float
+    path: str
+    mlflow_run_id: str
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSummary(BaseModel):
+    preset: str
+    home: str
+    mlflow_run_id: str
+    prefect_flow_run_id: str | None
+    seconds: float
+    stages: list[StageSummary]
+    views: list[str]
+
+
+def _flat_params(prefix: str, obj: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out |= _flat_params(f"{prefix}.{k}" if prefix else k, v)
+    else:
+        out[prefix] = str(obj)[:500]
+    return out
+
+
+@task(name="ingest-gettext", task_run_name="ingest-gettext")
+def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
+    logger = get_run_logger()
+    layout = Layout.from_env()
+    with mlflow.start_run(run_name="ingest", nested=True, parent_run_id=parent_run_id) as run:
+        mlflow.log_params(_flat_params("ingest", cfg.model_dump(mode="json")))
+        logger.info("reading gettext catalogs with Beam (%s, %d workers)", cfg.beam.runner, cfg.beam.num_workers)
+        result = gettext_ingest.run(
+            cfg, layout, producer={"mlflow_run_id": run.info.run_id, "prefect_flow_run_id": flow_run.get_id()}
+        )
+        m = result.manifest
+        mlflow.log_metrics(
+            {"rows": m.rows, "languages": len(m.partitions), "files": len(m.files), "catalogs": result.catalogs,
+             "seconds": result.seconds, "pairs_per_second": m.rows / max(result.seconds, 1e-9)}
+            | {f"stats.{k}": v for k, v in result.stats.items() if isinstance(v, int)}
+        )
+        dataset_dir = layout.dataset_dir("corpus/raw")
+        mlflow.log_artifact(str(dataset_dir / "manifest.json"), artifact_path="ingest")
+        plot = plot_partition_rows(m, layout.run_dir(run.info.run_id) / "pairs_per_language.png",
+                                   "gettext pairs per language")
+        mlflow.log_artifact(str(plot), artifact_path="ingest")
+    catalog.refresh(layout)
+    publish_prefect_artifacts("ingest", m, plot, run.info.run_id)
+    logger.info("ingest: %s pairs in %d languages from %d catalogs in %.1fs",
+                f"{m.rows:,}", len(m.partitions), result.catalogs, result.seconds)
+    return StageSummary(stage="ingest", dataset=m.dataset, rows=m.rows, partitions=len(m.partitions),
+                        files=len(m.files), seconds=result.seconds, path=str(dataset_dir),
+                        mlflow_run_id=run.info.run_id, stats=result.stats)
+
+
+@flow(name="labse-pipeline", log_prints=True)
+def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
+    """Raw corpora in; corpus, vocabulary, encoder, evaluation and mined bitext out (stages as they land)."""
+    config = config or demo()
+    t0 = time.perf_counter()
+    layout = Layout.from_env().ensure()
+    tracking.configure(layout)
+    with mlflow.start_run(run_name=f"labse-pipeline-{config.preset}") as parent:
+        mlflow.set_tags({"pipeline": "labse-pipeline", "preset": config.preset,
+                         "prefect_flow_run_id": str(flow_run.get_id())})
+        mlflow.log_params(_flat_params("", config.model_dump(mode="json")))
+        stages = [ingest_stage(config.ingest, parent.info.run_id)]
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("pipeline_seconds", seconds)
+        if seconds > config.time_budget_minutes * 60:
+            get_run_logger().warning("run took %.0fs, over its %.0f min budget", seconds, config.time_budget_minutes)
+    return PipelineSummary(
+        preset=config.preset, home=str(layout.home), mlflow_run_id=parent.info.run_id,
+        prefect_flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None, seconds=seconds,
+        stages=stages, views=catalog.refresh(layout),
+    )
+
+
+if __name__ == "__main__":
+    from flows.env import bootstrap
+
+    bootstrap()
+    print(labse_pipeline(demo()).model_dump_json(indent=2))

@@ -1,0 +1,93 @@
+"""The one place that knows where things live under ``LABSE_HOME``.
+
+``LABSE_HOME`` (environment variable, default ``./labse_home`` in the working directory) holds::
+
+    LABSE_HOME/
+      lake/                      data lake: one folder per dataset (see storage.schemas.DATASETS)
+        <dataset path>/          e.g. corpus/raw/lang=de/part-00000.parquet
+          manifest.json          row counts per partition and per file, producer, stats
+        _staging/                datasets being written; swapped into place when complete
+      catalog.duckdb             DuckDB catalog: one view per dataset (`labse sql`)
+      mlflow/mlflow.db           MLflow tracking + model registry (sqlite)
+      mlflow/artifacts/          MLflow artifacts
+      prefect/                   PREFECT_HOME for the embedded (ephemeral) Prefect API
+      runs/                      per-run scratch (logs, plots) before they are logged
+
+Nothing here creates directories on import; ``Layout.ensure()`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "LABSE_HOME"
+DEFAULT_HOME_NAME = "labse_home"
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The platform home: the argument, else ``$LABSE_HOME``, else ``./labse_home``; always absolute."""
+    raw = home if home is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME_NAME
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path the platform uses, derived from one home directory."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> Layout:
+        return cls(resolve_home(home))
+
+    # -- data lake --------------------------------------------------------------------------
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def staging(self) -> Path:
+        """Datasets under construction; same filesystem as the lake so a rename publishes them."""
+        return self.lake / "_staging"
+
+    def dataset_dir(self, relpath: str) -> Path:
+        return self.lake / relpath
+
+    # -- catalog, tracking, orchestration ---------------------------------------------------
+    @property
+    def catalog_db(self) -> Path:
+        return self.home / "catalog.duckdb"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    def ensure(self) -> Layout:
+        for d in (self.lake, self.staging, self.mlflow_dir, self.mlflow_artifacts, self.prefect_home, self.runs):
+            d.mkdir(parents=True, exist_ok=True)
+        return self

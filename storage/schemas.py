@@ -1,0 +1,112 @@
+"""All Parquet datasets of the platform, declared once and checked on every write.
+
+A ``DatasetSpec`` names a dataset, says where it lives under the lake, its full logical schema
+and which columns are hive partitions (stored in the path, ``lang=de/``, not in the files).
+``check_table`` is called by every writer: a table that does not match its spec is never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+
+class SchemaError(ValueError):
+    """A table does not match the schema declared for its dataset."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    """Catalog view name (a SQL identifier) and the key used by stages."""
+    relpath: str
+    """Folder under the lake root."""
+    schema: pa.Schema
+    """Full logical schema, partition columns included."""
+    partition_by: tuple[str, ...] = ()
+    """Hive partition columns, outermost first; they live in the path, not in the files."""
+    description: str = ""
+    sort_by: tuple[str, ...] = field(default=())
+    """Row order inside each file, so reruns on the same input write identical files."""
+
+    @property
+    def file_schema(self) -> pa.Schema:
+        """Schema of the Parquet files themselves (partition columns removed)."""
+        keep = [f for f in self.schema if f.name not in self.partition_by]
+        return pa.schema(keep, metadata={b"labse.dataset": self.name.encode()})
+
+    def partition_field(self, name: str) -> pa.Field:
+        return self.schema.field(name)
+
+
+def check_table(spec: DatasetSpec, table: pa.Table, *, with_partitions: bool = False) -> pa.Table:
+    """Return ``table`` with columns in schema order, or raise ``SchemaError`` saying what is wrong.
+
+    ``with_partitions``: the table still carries the partition columns (they are checked too).
+    Only exact types are accepted, except an all-null column of type ``null`` for a nullable field.
+    """
+    expected = spec.schema if with_partitions else spec.file_schema
+    want = {f.name for f in expected}
+    have = set(table.column_names)
+    problems: list[str] = []
+    if missing := sorted(want - have):
+        problems.append(f"missing columns {missing}")
+    if extra := sorted(have - want):
+        problems.append(f"unexpected columns {extra}")
+    columns = []
+    if not problems:
+        for f in expected:
+            col = table.column(f.name)
+            if col.type != f.type:
+                if pa.types.is_null(col.type) and f.nullable:
+                    col = pa.nulls(len(col), f.type)
+                else:
+                    problems.append(f"column {f.name!r} has type {col.type}, expected {f.type}")
+                    continue
+            if not f.nullable and col.null_count:
+                problems.append(f"column {f.name!r} has {col.null_count} nulls but is not nullable")
+            columns.append(col)
+    if problems:
+        raise SchemaError(f"dataset {spec.name!r}: " + "; ".join(problems))
+    return pa.Table.from_arrays(columns, schema=expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+RAW_PAIRS = DatasetSpec(
+    name="corpus_raw",
+    relpath="corpus/raw",
+    description=(
+        "Translation pairs as read from their source files, before normalization and filtering. "
+        "src is English for gettext catalogs; lang is the other side's language."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("lang", pa.string(), nullable=False),  # partition: normalized code of tgt side
+            pa.field("src_lang", pa.string(), nullable=False),
+            pa.field("src_text", pa.string(), nullable=False),
+            pa.field("tgt_text", pa.string(), nullable=False),
+            pa.field("locale", pa.string(), nullable=False),  # as found in the source (pt_BR, sr@latin)
+            pa.field("source", pa.string(), nullable=False),  # reader: gettext-mo, gettext-po, ...
+            pa.field("domain", pa.string(), nullable=True),  # gettext text domain (gtk30, coreutils)
+            pa.field("origin", pa.string(), nullable=False),  # file the pair came from
+            pa.field("line", pa.int64(), nullable=True),  # .po: line of msgid; .mo: entry index
+            pa.field("context", pa.string(), nullable=True),  # gettext msgctxt
+            pa.field("plural_form", pa.int8(), nullable=True),  # msgstr[i] index for plural entries
+        ]
+    ),
+    partition_by=("lang",),
+    sort_by=("origin", "line", "plural_form"),
+)
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (RAW_PAIRS,)}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None

@@ -1,0 +1,45 @@
+"""MLflow set-up: tracking URI and artifact store under ``LABSE_HOME`` unless the user points elsewhere.
+
+Default: ``sqlite:///LABSE_HOME/mlflow/mlflow.db`` (runs, metrics and the model registry) and
+``LABSE_HOME/mlflow/artifacts`` for artifacts. Set ``MLFLOW_TRACKING_URI`` to use an MLflow server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from storage.layout import Layout
+
+EXPERIMENT = "labse"
+
+
+def offline_env() -> None:
+    """Environment for running with no network: no hub downloads, no telemetry."""
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def tracking_uri(layout: Layout) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or layout.mlflow_tracking_uri
+
+
+def configure(layout: Layout, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at this home and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    offline_env()
+    layout.ensure()
+    mlflow.set_tracking_uri(tracking_uri(layout))
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = mlflow.create_experiment(experiment, artifact_location=layout.mlflow_artifacts.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
