@@ -13,7 +13,7 @@ the parser, not of Beam. Run it::
     labse ingest --path my.po --path po/ --no-system   # only given files
     labse ingest --runner FlinkRunner --beam-arg=--flink_master=host:8081   # on a cluster
 
-Writes ``lake/corpus/raw/lang=xx/part-NNNNN.parquet`` and its ``manifest.json``.
+Writes ``lake/corpus/raw/lang=xx/part-NNNNN.parquet`` and its ``_manifest.json``.
 """
 
 from __future__ import annotations

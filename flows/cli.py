@@ -118,6 +118,7 @@ def ingest(
 
     from beam_jobs.gettext_ingest import GettextIngestConfig, IngestError, run
     from beam_jobs.options import BeamConfig
+    from labse_core.gettext_catalog import CatalogError
     from labse_core.langcodes import UnknownLanguage
     from storage import catalog
     from storage.layout import Layout
@@ -131,7 +132,7 @@ def ingest(
         layout = Layout.from_env()
         with console.status("reading gettext catalogs ...", spinner="dots"):
             result = run(cfg, layout)
-    except (IngestError, FileNotFoundError, UnknownLanguage, ValidationError) as e:
+    except (IngestError, CatalogError, FileNotFoundError, UnknownLanguage, ValidationError) as e:
         _fail(str(e))
     catalog.refresh(layout)
     m = result.manifest

@@ -10,8 +10,7 @@ Run it::
     labse pipeline --preset full     # every named preset: see PRESETS
     python -m flows.pipeline         # same as `labse demo`
 
-With ``PREFECT_API_URL`` set, runs are recorded by that Prefect server instead of the ephemeral one;
-``flows/deploy.py`` serves the flow as a deployment with a retraining schedule.
+With ``PREFECT_API_URL`` set, runs are recorded by that Prefect server instead of the ephemeral one.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from beam_jobs.gettext_ingest import GettextIngestConfig
 from flows.reporting import plot_partition_rows, publish_prefect_artifacts
 from storage import catalog, tracking
 from storage.layout import Layout
+from storage.manifest import MANIFEST_NAME
 
 
 class PipelineConfig(BaseModel):
@@ -117,7 +117,7 @@ def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
             | {f"stats.{k}": v for k, v in result.stats.items() if isinstance(v, int)}
         )
         dataset_dir = layout.dataset_dir("corpus/raw")
-        mlflow.log_artifact(str(dataset_dir / "manifest.json"), artifact_path="ingest")
+        mlflow.log_artifact(str(dataset_dir / MANIFEST_NAME), artifact_path="ingest")
         plot = plot_partition_rows(m, layout.run_dir(run.info.run_id) / "pairs_per_language.png",
                                    "gettext pairs per language")
         mlflow.log_artifact(str(plot), artifact_path="ingest")

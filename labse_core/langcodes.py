@@ -46,8 +46,11 @@ ALIASES: dict[str, str] = {
     "khk": "mn",
     "nob": "nb",
     "nno": "nn",
-    "kzj": "dtp",  # retired: Coastal Kadazan merged into Kadazan Dusun
 }
+
+# Retired ISO 639-3 codes still used by evaluation sets, kept as languages of their own
+# (Tatoeba has separate test sets for kzj, Coastal Kadazan, and dtp, Kadazan Dusun).
+RETIRED_CODES: frozenset[str] = frozenset({"kzj"})
 
 # gettext "@modifier" -> script subtag ("" = same language, no subtag: a dialect or spelling).
 MODIFIER_SCRIPTS: dict[str, str] = {
@@ -108,6 +111,8 @@ def iso_base(code: str) -> str:
     """ISO 639-1 if it exists, else the 639-3 / 639-5 code; raises ``UnknownLanguage``."""
     code = code.lower()
     code = ALIASES.get(code, code).split("-")[0]
+    if code in RETIRED_CODES:
+        return code
     if len(code) == 2:
         if pycountry.languages.get(alpha_2=code) is not None:
             return code

@@ -5,7 +5,7 @@
     LABSE_HOME/
       lake/                      data lake: one folder per dataset (see storage.schemas.DATASETS)
         <dataset path>/          e.g. corpus/raw/lang=de/part-00000.parquet
-          manifest.json          row counts per partition and per file, producer, stats
+          _manifest.json         row counts per partition and per file, producer, stats
         _staging/                datasets being written; swapped into place when complete
       catalog.duckdb             DuckDB catalog: one view per dataset (`labse sql`)
       mlflow/mlflow.db           MLflow tracking + model registry (sqlite)

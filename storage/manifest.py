@@ -1,4 +1,4 @@
-"""One ``manifest.json`` per dataset: what is in it, who wrote it, and counts that add up.
+"""One ``_manifest.json`` per dataset: what is in it, who wrote it, and counts that add up.
 
 The manifest is written last, atomically, after every data file is in place: a dataset without a
 manifest is incomplete and the catalog ignores it.
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from storage.io import write_json_atomic
 from storage.schemas import DatasetSpec
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"  # leading "_": Parquet readers (pyarrow, Spark) skip it
 
 
 class FileEntry(BaseModel):

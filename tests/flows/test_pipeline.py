@@ -1,0 +1,44 @@
+"""labse-pipeline under the Prefect test harness, tracked in the session's MLflow (sqlite)."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from beam_jobs.gettext_ingest import GettextIngestConfig
+from beam_jobs.options import BeamConfig
+from flows.pipeline import PipelineConfig, labse_pipeline, preset
+from storage import catalog, tracking
+from storage.layout import Layout
+
+
+@pytest.fixture(scope="module")
+def summary(prefect_harness, real_catalogs):
+    cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=BeamConfig(num_workers=2)))
+    return labse_pipeline(cfg)
+
+
+def test_flow_writes_corpus_and_catalog(summary):
+    (stage,) = summary.stages
+    assert stage.stage == "ingest" and stage.rows > 20_000 and stage.partitions == 2
+    assert "corpus_raw" in summary.views
+    rows = catalog.query(Layout.from_env(), "SELECT lang, count(*) AS n FROM corpus_raw GROUP BY 1 ORDER BY 1").to_pylist()
+    assert [r["lang"] for r in rows] == ["de", "uk"] and sum(r["n"] for r in rows) == stage.rows
+
+
+def test_mlflow_holds_parent_and_child_runs(summary):
+    layout = Layout.from_env()
+    client = MlflowClient(tracking.tracking_uri(layout))
+    assert tracking.tracking_uri(layout).startswith("sqlite:///") and layout.mlflow_db.exists()
+    parent = client.get_run(summary.mlflow_run_id)
+    assert parent.data.tags["pipeline"] == "labse-pipeline" and parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect_flow_run_id"] == summary.prefect_flow_run_id
+    child = client.get_run(summary.stages[0].mlflow_run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.metrics["rows"] == summary.stages[0].rows
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "ingest")}
+    assert {"ingest/_manifest.json", "ingest/pairs_per_language.png"} <= artifacts
+
+
+def test_presets():
+    assert preset("demo").ingest.languages is None  # the demo reads every catalog
+    with pytest.raises(ValueError, match="known presets"):
+        preset("nope")
