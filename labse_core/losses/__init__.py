@@ -1,0 +1,1 @@
+"""Training losses; one loss per file, with its formula in the docstring."""

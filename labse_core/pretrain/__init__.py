@@ -1,0 +1,1 @@
+"""Pretraining data transforms: MLM/TLM masking and translation-pair packing."""
