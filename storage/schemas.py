@@ -102,7 +102,61 @@ RAW_PAIRS = DatasetSpec(
     sort_by=("origin", "line", "plural_form"),
 )
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (RAW_PAIRS,)}
+_IDS = pa.list_(pa.int32())
+
+SHARD_PAIRS = DatasetSpec(
+    name="shards_pairs",
+    relpath="shards/pairs",
+    description=(
+        "Tokenized translation pairs for the dual encoder: languages shuffled together into "
+        "balanced files (part-NNNNN.parquet), ids from the project's sentencepiece vocabulary, "
+        "without [CLS]/[SEP] (added by the collator)."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("src_lang", pa.string(), nullable=False),
+            pa.field("tgt_lang", pa.string(), nullable=False),
+            pa.field("src_text", pa.string(), nullable=False),
+            pa.field("tgt_text", pa.string(), nullable=False),
+            pa.field("src_ids", _IDS, nullable=False),
+            pa.field("tgt_ids", _IDS, nullable=False),
+        ]
+    ),
+)
+
+SHARD_TLM = DatasetSpec(
+    name="shards_tlm",
+    relpath="shards/tlm",
+    description=(
+        "Translation language modelling examples: [CLS] src [SEP] tgt [SEP] with segment ids 0/1 and "
+        "positions restarting at the target (labse_core.pretrain.masking.make_tlm_example); masking "
+        "is applied at training time."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("src_lang", pa.string(), nullable=False),
+            pa.field("tgt_lang", pa.string(), nullable=False),
+            pa.field("input_ids", _IDS, nullable=False),
+            pa.field("token_type_ids", pa.list_(pa.int8()), nullable=False),
+            pa.field("position_ids", pa.list_(pa.int16()), nullable=False),
+        ]
+    ),
+)
+
+SHARD_MLM = DatasetSpec(
+    name="shards_mlm",
+    relpath="shards/mlm",
+    description="Monolingual sentences for masked language modelling: ids without [CLS]/[SEP].",
+    schema=pa.schema(
+        [
+            pa.field("lang", pa.string(), nullable=False),
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("input_ids", _IDS, nullable=False),
+        ]
+    ),
+)
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (RAW_PAIRS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM)}
 
 
 def get_dataset(name: str) -> DatasetSpec:
