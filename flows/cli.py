@@ -143,6 +143,58 @@ def ingest(
 
 
 @app.command()
+def prepare(
+    input: Annotated[list[Path] | None, typer.Option("--input", "-i", help="Corpus file or Moses prefix (repeatable).")] = None,
+    langs: Annotated[str | None, typer.Option(help="src,tgt languages for TSV/TMX/Moses inputs, e.g. en,de.")] = None,
+    raw: Annotated[bool, typer.Option(help="Also read corpus_raw (the gettext ingest output).")] = True,
+    eval_set: Annotated[list[Path] | None, typer.Option("--eval-set", help="Evaluation set to decontaminate against (repeatable; default: Tatoeba beside the checkout).")] = None,
+    append: Annotated[bool, typer.Option(help="Dedupe against and keep the clean corpus already in the lake.")] = False,
+    max_per_source: Annotated[int | None, typer.Option(help="Cap translations per source sentence.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Count unreadable inputs instead of stopping.")] = False,
+    runner: Annotated[str, typer.Option(help="Beam runner.")] = "DirectRunner",
+    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+    beam_arg: Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option.")] = None,
+) -> None:
+    """Normalize, filter, dedupe and decontaminate pairs into corpus_clean + corpus_rejects (Beam)."""
+    from pydantic import ValidationError
+
+    from beam_jobs.options import BeamConfig
+    from beam_jobs.prepare import PrepareConfig, PrepareError, run
+    from labse_core.prepare import InputSpec
+    from labse_core.prepare import PrepareError as InputError
+    from storage import catalog
+    from storage.layout import Layout
+
+    try:
+        pair = tuple(x.strip() for x in langs.split(",")) if langs else None
+        if pair is not None and len(pair) != 2:
+            raise ValueError(f"--langs takes two codes separated by a comma, got {langs!r}")
+        beam_kwargs = {"runner": runner, "extra_args": beam_arg or []} | ({"num_workers": workers} if workers else {})
+        kwargs = {} if eval_set is None else {"eval_sets": eval_set}
+        cfg = PrepareConfig(
+            inputs=[InputSpec(path=p, langs=pair) for p in input or []], from_raw_corpus=raw,
+            mode="append" if append else "overwrite", max_translations_per_source=max_per_source,
+            skip_bad_inputs=skip_bad, beam=BeamConfig(**beam_kwargs), **kwargs,
+        )
+        layout = Layout.from_env()
+        with console.status("preparing the corpus ...", spinner="dots"):
+            result = run(cfg, layout)
+    except (PrepareError, InputError, ValueError, ValidationError, OSError) as e:
+        _fail(str(e))
+    catalog.refresh(layout)
+    s = result.stats
+    console.print(f"{s['input_pairs']:,} input pairs -> {s['clean_new']:,} clean + {s['rejected']:,} rejected "
+                  f"in {result.seconds:.0f}s")
+    t = Table("reason", "pairs", title="rejects by reason", title_justify="left")
+    for reason, n in sorted(result.rejects.stats.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1]):
+        t.add_row(reason, f"{n:,}")
+    console.print(t)
+    for e in result.errors:
+        console.print(f"[yellow]skipped unreadable input:[/] {e}", highlight=False)
+    console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
+
+
+@app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL (read-only). Views: one per dataset, plus table 'datasets'.")],
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,

@@ -1,6 +1,7 @@
 """The end-to-end Prefect flow ``labse-pipeline``.
 
-Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``). Each stage is a Prefect
+Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``) and ``prepare``
+(``corpus_raw`` -> ``corpus_clean`` + ``corpus_rejects``). Each stage is a Prefect
 task that calls the stage's ``run(config)``, logs a child MLflow run under the pipeline's parent
 run, refreshes the DuckDB catalog and publishes Prefect artifacts.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -24,12 +26,14 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from beam_jobs import gettext_ingest
+from beam_jobs import gettext_ingest, prepare
 from beam_jobs.gettext_ingest import GettextIngestConfig
+from beam_jobs.prepare import PrepareConfig
 from flows.reporting import plot_partition_rows, publish_prefect_artifacts
 from storage import catalog, tracking
 from storage.layout import Layout
 from storage.manifest import MANIFEST_NAME
+from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS
 
 
 class PipelineConfig(BaseModel):
@@ -39,6 +43,7 @@ class PipelineConfig(BaseModel):
 
     preset: str = Field("demo", description="Name of the preset these settings came from (for the record).")
     ingest: GettextIngestConfig = Field(default_factory=GettextIngestConfig, description="gettext ingest stage.")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="normalize/filter/dedupe stage.")
     time_budget_minutes: float = Field(
         20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
     )
@@ -100,6 +105,16 @@ def _flat_params(prefix: str, obj: Any) -> dict[str, str]:
     return out
 
 
+def _log_dataset(stage: str, layout: Layout, spec, manifest, run_id: str, plot_title: str) -> Path:
+    """Manifest + rows-per-partition plot to MLflow, catalog refresh, Prefect artifacts."""
+    dataset_dir = layout.dataset_dir(spec.relpath)
+    mlflow.log_artifact(str(dataset_dir / MANIFEST_NAME), artifact_path=f"{stage}/{spec.name}")
+    plot = plot_partition_rows(manifest, layout.run_dir(run_id) / f"{spec.name}.png", plot_title)
+    mlflow.log_artifact(str(plot), artifact_path=stage)
+    publish_prefect_artifacts(f"{stage}-{spec.name}", manifest, plot, run_id)
+    return dataset_dir
+
+
 @task(name="ingest-gettext", task_run_name="ingest-gettext")
 def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
     logger = get_run_logger()
@@ -116,18 +131,40 @@ def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
              "seconds": result.seconds, "pairs_per_second": m.rows / max(result.seconds, 1e-9)}
             | {f"stats.{k}": v for k, v in result.stats.items() if isinstance(v, int)}
         )
-        dataset_dir = layout.dataset_dir("corpus/raw")
-        mlflow.log_artifact(str(dataset_dir / MANIFEST_NAME), artifact_path="ingest")
-        plot = plot_partition_rows(m, layout.run_dir(run.info.run_id) / "pairs_per_language.png",
-                                   "gettext pairs per language")
-        mlflow.log_artifact(str(plot), artifact_path="ingest")
-    catalog.refresh(layout)
-    publish_prefect_artifacts("ingest", m, plot, run.info.run_id)
+        catalog.refresh(layout)
+        path = _log_dataset("ingest", layout, RAW_PAIRS, m, run.info.run_id, "gettext pairs per language")
     logger.info("ingest: %s pairs in %d languages from %d catalogs in %.1fs",
                 f"{m.rows:,}", len(m.partitions), result.catalogs, result.seconds)
     return StageSummary(stage="ingest", dataset=m.dataset, rows=m.rows, partitions=len(m.partitions),
-                        files=len(m.files), seconds=result.seconds, path=str(dataset_dir),
+                        files=len(m.files), seconds=result.seconds, path=str(path),
                         mlflow_run_id=run.info.run_id, stats=result.stats)
+
+
+@task(name="prepare-corpus", task_run_name="prepare-corpus")
+def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
+    logger = get_run_logger()
+    layout = Layout.from_env()
+    with mlflow.start_run(run_name="prepare", nested=True, parent_run_id=parent_run_id) as run:
+        mlflow.log_params(_flat_params("prepare", cfg.model_dump(mode="json")))
+        result = prepare.run(
+            cfg, layout, producer={"mlflow_run_id": run.info.run_id, "prefect_flow_run_id": flow_run.get_id()}
+        )
+        s = result.stats
+        mlflow.log_metrics(
+            {"input_pairs": s["input_pairs"], "clean": s["clean_new"], "rejected": s["rejected"],
+             "seconds": result.seconds, "pairs_per_second": s["input_pairs"] / max(result.seconds, 1e-9)}
+            | {f"rejected.{k}": v for k, v in result.clean.stats["rejected_by_reason"].items()}
+        )
+        catalog.refresh(layout)
+        clean_dir = _log_dataset("prepare", layout, CLEAN_PAIRS, result.clean, run.info.run_id, "clean pairs per language")
+        rejects_dir = _log_dataset("prepare", layout, REJECTS, result.rejects, run.info.run_id, "rejected pairs per reason")
+    logger.info("prepare: %s input pairs -> %s clean + %s rejected in %.1fs",
+                f"{s['input_pairs']:,}", f"{s['clean_new']:,}", f"{s['rejected']:,}", result.seconds)
+    return [
+        StageSummary(stage="prepare", dataset=m.dataset, rows=m.rows, partitions=len(m.partitions), files=len(m.files),
+                     seconds=result.seconds, path=str(d), mlflow_run_id=run.info.run_id, stats=m.stats)
+        for m, d in ((result.clean, clean_dir), (result.rejects, rejects_dir))
+    ]
 
 
 @flow(name="labse-pipeline", log_prints=True)
@@ -142,6 +179,7 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
                          "prefect_flow_run_id": str(flow_run.get_id())})
         mlflow.log_params(_flat_params("", config.model_dump(mode="json")))
         stages = [ingest_stage(config.ingest, parent.info.run_id)]
+        stages += prepare_stage(config.prepare, parent.info.run_id)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("pipeline_seconds", seconds)
         if seconds > config.time_budget_minutes * 60:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOME_ENV = "LABSE_HOME"
+EVAL_ENV = "LABSE_EVAL_SETS"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOME_NAME = "labse_home"
 
 
@@ -30,6 +32,16 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The platform home: the argument, else ``$LABSE_HOME``, else ``./labse_home``; always absolute."""
     raw = home if home is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME_NAME
     return Path(raw).expanduser().resolve()
+
+
+def default_eval_sets() -> list[Path]:
+    """Evaluation sets that training data must not overlap: ``$LABSE_EVAL_SETS`` (paths separated by
+    ``os.pathsep``), else the Tatoeba v1 test set beside the checkout (``../shared/data/tatoeba/v1``)
+    when it is there, else none."""
+    if os.environ.get(EVAL_ENV):
+        return [Path(p) for p in os.environ[EVAL_ENV].split(os.pathsep) if p]
+    tatoeba = REPO_ROOT.parent / "shared" / "data" / "tatoeba" / "v1"
+    return [tatoeba] if tatoeba.is_dir() else []
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,55 @@ RAW_PAIRS = DatasetSpec(
     sort_by=("origin", "line", "plural_form"),
 )
 
+CLEAN_PAIRS = DatasetSpec(
+    name="corpus_clean",
+    relpath="corpus/clean",
+    description=(
+        "Normalized, filtered, deduplicated and decontaminated translation pairs (English src when one "
+        "side is English). pair_key is the dedupe key: a digest of the language and the NFKC-casefolded pair."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("lang", pa.string(), nullable=False),  # partition: tgt side's language
+            pa.field("src_lang", pa.string(), nullable=False),
+            pa.field("src_text", pa.string(), nullable=False),
+            pa.field("tgt_text", pa.string(), nullable=False),
+            pa.field("pair_key", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("origin", pa.string(), nullable=False),
+            pa.field("line", pa.int64(), nullable=True),
+            pa.field("locale", pa.string(), nullable=True),
+            pa.field("context", pa.string(), nullable=True),
+        ]
+    ),
+    partition_by=("lang",),
+    sort_by=("pair_key",),
+)
+
+REJECTS = DatasetSpec(
+    name="corpus_rejects",
+    relpath="corpus/rejects",
+    description=(
+        "Every input pair that did not make it into corpus_clean, with the reason (see "
+        "labse_core.prepare.REJECT_REASONS) and, for duplicates, the pair_key of the pair kept."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("reason", pa.string(), nullable=False),  # partition
+            pa.field("lang", pa.string(), nullable=True),  # null when the language is unknown
+            pa.field("src_lang", pa.string(), nullable=True),
+            pa.field("src_text", pa.string(), nullable=True),  # as read (before normalization)
+            pa.field("tgt_text", pa.string(), nullable=True),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("origin", pa.string(), nullable=False),
+            pa.field("line", pa.int64(), nullable=True),
+            pa.field("detail", pa.string(), nullable=True),
+        ]
+    ),
+    partition_by=("reason",),
+    sort_by=("origin", "line"),
+)
+
 _IDS = pa.list_(pa.int32())
 
 SHARD_PAIRS = DatasetSpec(
@@ -156,7 +205,9 @@ SHARD_MLM = DatasetSpec(
     ),
 )
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (RAW_PAIRS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM)}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (RAW_PAIRS, CLEAN_PAIRS, REJECTS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM)
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:

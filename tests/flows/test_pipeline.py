@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.options import BeamConfig
+from beam_jobs.prepare import PrepareConfig
 from flows.pipeline import PipelineConfig, labse_pipeline, preset
 from storage import catalog, tracking
 from storage.layout import Layout
@@ -12,14 +13,18 @@ from storage.layout import Layout
 
 @pytest.fixture(scope="module")
 def summary(prefect_harness, real_catalogs):
-    cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=BeamConfig(num_workers=2)))
+    beam = BeamConfig(num_workers=2)
+    cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=beam),
+                         prepare=PrepareConfig(beam=beam))
     return labse_pipeline(cfg)
 
 
 def test_flow_writes_corpus_and_catalog(summary):
-    (stage,) = summary.stages
+    stage, clean, rejects = summary.stages
     assert stage.stage == "ingest" and stage.rows > 20_000 and stage.partitions == 2
-    assert "corpus_raw" in summary.views
+    assert (clean.dataset, rejects.dataset) == ("corpus_clean", "corpus_rejects")
+    assert clean.rows + rejects.rows == stage.rows  # every raw pair is clean or rejected
+    assert {"corpus_raw", "corpus_clean", "corpus_rejects"} <= set(summary.views)
     rows = catalog.query(Layout.from_env(), "SELECT lang, count(*) AS n FROM corpus_raw GROUP BY 1 ORDER BY 1").to_pylist()
     assert [r["lang"] for r in rows] == ["de", "uk"] and sum(r["n"] for r in rows) == stage.rows
 
@@ -35,7 +40,10 @@ def test_mlflow_holds_parent_and_child_runs(summary):
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.metrics["rows"] == summary.stages[0].rows
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "ingest")}
-    assert {"ingest/_manifest.json", "ingest/pairs_per_language.png"} <= artifacts
+    assert {"ingest/corpus_raw", "ingest/corpus_raw.png"} <= artifacts
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "ingest/corpus_raw")] == ["ingest/corpus_raw/_manifest.json"]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_name for r in children} == {"ingest", "prepare"}
 
 
 def test_presets():

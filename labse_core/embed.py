@@ -1,0 +1,270 @@
+"""Sentence embeddings from an exported model folder (or an in-memory encoder + tokenizer).
+
+``encode`` tokenizes once, sorts sentences by token length, runs the encoder on batches of similar
+length (little padding, so little compute spent on [PAD] positions) and puts the rows back in the
+caller's order. Mathematically every row depends only on its own sentence
+(attention masks out padding), so the result equals encoding one sentence at a time, to float
+rounding (the export tests check 1e-5).
+
+Run (CPU; on a GPU machine add ``--device cuda``):
+
+    python -m labse_core.embed --model checkpoints/export/labse-tiny --input sentences.txt \\
+        --output embeddings.parquet
+    cat sentences.txt | python -m labse_core.embed --model DIR --output embeddings.npy
+
+Writes ``.npy`` (float32 array, shape (N, D), row i = input line i) or ``.parquet`` (columns
+``text`` string, ``embedding`` list<float32>, one row per input line, in input order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from labse_core.export import default_max_length, load_encoder
+from labse_core.model.encoder import LabseEncoder
+
+log = logging.getLogger(__name__)
+
+SORT_CHUNK = 65_536
+"""Sentences tokenized and length-sorted together. Bounds the memory of token ids for huge inputs
+(a mining run embeds millions of lines) while keeping batches well length-matched."""
+
+ModelRef = str | os.PathLike[str] | tuple[LabseEncoder, Any]
+
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ],
+    metadata={b"labse.dataset": b"embeddings"},
+)
+"""The .parquet output of ``embed_file``: one row per input line, in input order."""
+
+
+def resolve_model(model: ModelRef) -> tuple[LabseEncoder, Any]:
+    """(encoder, tokenizer) from a model folder or an (encoder, tokenizer) pair."""
+    if isinstance(model, tuple):
+        if len(model) != 2:
+            raise TypeError("pass a model folder or an (encoder, tokenizer) pair")
+        return model
+    return load_encoder(model)
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists: input_ids, attention_mask, both (B, T_max)."""
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def encode(
+    sentences: Sequence[str],
+    model: ModelRef,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Unit-length embeddings, float32 array (N, D), row i for ``sentences[i]``.
+
+    ``model``: an exported folder (``labse_core.export``) or ``(encoder, tokenizer)``; an encoder
+    passed in is moved to ``device`` (default: CUDA if available) and is back in its previous
+    train/eval mode afterwards. ``max_length``: tokens per sentence, [CLS] and [SEP] included;
+    longer sentences are truncated. Default: the model's own limit, ``model_max_length`` of its
+    tokenizer capped at the encoder's positions (128 for ``tiny``, 512 for ``base``), which is what
+    ``export_model`` saves and transformers / sentence-transformers truncate to, so all loaders agree.
+    """
+    if isinstance(sentences, str):
+        raise TypeError("encode takes a sequence of sentences, not one string: wrap it in a list")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str):
+            raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
+    encoder, tokenizer = resolve_model(model)
+    positions = encoder.cfg.max_position_embeddings
+    if max_length is None:
+        max_length = default_max_length(encoder.cfg, tokenizer)
+    if not 2 <= max_length <= positions:
+        raise ValueError(
+            f"max_length must be in [2, {positions}] (the encoder's positions), got {max_length}"
+        )
+
+    n, d = len(sentences), encoder.cfg.hidden_size
+    out = np.empty((n, d), dtype=np.float32)
+    if n == 0:
+        return out
+    dev = _pick_device(device)
+    encoder.to(dev)
+    was_training = encoder.training
+    encoder.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else encoder.cfg.pad_token_id
+    try:
+        with torch.inference_mode(), tqdm(total=n, unit="sent", desc="embed", disable=not progress) as bar:
+            for start in range(0, n, SORT_CHUNK):
+                chunk = list(sentences[start : start + SORT_CHUNK])
+                ids = tokenizer(
+                    chunk,
+                    add_special_tokens=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_attention_mask=False,
+                    return_token_type_ids=False,
+                )["input_ids"]
+                # Longest first: an out-of-memory shows up on the first batch, not after an hour.
+                order = np.argsort(
+                    -np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable"
+                )
+                for b in range(0, len(order), batch_size):
+                    idx = order[b : b + batch_size]
+                    input_ids, mask = _pad([ids[i] for i in idx], pad_id)  # (B, T)
+                    emb = encoder(input_ids.to(dev), mask.to(dev))  # (B, D)
+                    out[start + idx] = emb.float().cpu().numpy()
+                    bar.update(len(idx))
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """UTF-8 lines of a file, or of stdin for ``-``; line i of the input is row i of the output.
+
+    Only "\\n" (and a "\\r" before it) ends a line: U+2028, U+0085 and lone "\\r" inside a sentence
+    stay part of it. Empty lines are kept, so rows stay aligned with input lines.
+    """
+    if str(path) == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    else:
+        data = Path(path).read_bytes()
+    text = data.decode("utf-8")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline at the end of the last line
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def write_embeddings(path: str | os.PathLike[str], sentences: Sequence[str], embeddings: np.ndarray) -> Path:
+    """Write ``.npy`` or ``.parquet`` (text, embedding list<float32>) atomically; returns the path."""
+    # storage is imported here, not at module level: encode() (and the MLflow model, which ships
+    # labse_core alone) does not need it.
+    from storage.io import PARQUET_COMPRESSION, atomic_path
+
+    path = Path(path)
+    if len(sentences) != len(embeddings):
+        raise ValueError(f"{len(sentences)} sentences but {len(embeddings)} embeddings")
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, embeddings)  # a file object: np.save would append ".npy" to a bare tmp name
+    elif suffix == ".parquet":
+        d = embeddings.shape[1] if embeddings.ndim == 2 else 0
+        flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+        offsets = pa.array(np.arange(0, (len(embeddings) + 1) * d, d, dtype=np.int32))
+        table = pa.table(
+            {
+                "text": pa.array(list(sentences), type=pa.string()),
+                "embedding": pa.ListArray.from_arrays(offsets, flat),
+            },
+            schema=EMBEDDINGS_SCHEMA,
+        )
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression=PARQUET_COMPRESSION)
+    else:
+        raise ValueError(f"output must end in .npy or .parquet, got {path.name!r}")
+    return path
+
+
+def embed_file(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: ModelRef,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """Embed every line of ``input`` (a UTF-8 text file, ``-`` for stdin) into ``output``.
+
+    ``output``: ``.npy`` (float32 (N, D)) or ``.parquet`` (text, embedding list<float32>), in input
+    order, written atomically. Returns the output path.
+    """
+    if Path(output).suffix.lower() not in (".npy", ".parquet"):  # fail before the expensive part
+        raise ValueError(f"output must end in .npy or .parquet, got {Path(output).name!r}")
+    sentences = read_lines(input)
+    emb = encode(
+        sentences, model, batch_size=batch_size, max_length=max_length, device=device, progress=progress
+    )
+    return write_embeddings(output, sentences, emb)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m labse_core.embed",
+        description="Embed one sentence per line with an exported LaBSE-style model.",
+    )
+    p.add_argument("--model", required=True, help="exported model folder (labse_core.export)")
+    p.add_argument(
+        "--input", default="-", help="UTF-8 text file, one sentence per line; '-' = stdin (default)"
+    )
+    p.add_argument("--output", required=True, help="out.npy (float32 N x D) or out.parquet (text, embedding)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per sentence, [CLS]/[SEP] included (default: the model's max_seq_length)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    out = embed_file(
+        args.input,
+        args.output,
+        args.model,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Decisions of the prepare stage, without Beam."""
+
+import pytest
+
+from labse_core import prepare as core
+from labse_core.prepare import InputSpec, PrepareError
+from labse_core.text.normalize import sentence_key
+from tests.conftest import TATOEBA
+
+
+def row(src, tgt, lang="de", origin="a.po", line=1, source="gettext-po", **kw):
+    return {"lang": lang, "src_lang": "en", "src_text": src, "tgt_text": tgt, "source": source,
+            "origin": origin, "line": line, "locale": lang, "context": None, **kw}
+
+
+def test_process_batch_normalizes_filters_and_keys():
+    rows = [
+        row("_Open file", "Datei _öffnen"),
+        row("Cancel", "Cancel"),  # copy
+        row("", "Leer"),  # empty side
+        row("Delete %s", "Löschen"),  # placeholder dropped
+        core.reject_row("invalid_utf8", "line 3", source="tsv", origin="x.tsv", line=3),
+    ]
+    kept, rejects = core.process_batch(rows, core.PrepareRules(), frozenset())
+    assert [r["src_text"] for r in kept] == ["Open file"]  # accelerator removed
+    assert kept[0]["tgt_text"] == "Datei öffnen" and kept[0]["pair_key"].startswith("de:")
+    assert sorted(r["reason"] for r in rejects) == ["copy", "empty_side", "invalid_utf8", "placeholder_mismatch"]
+    assert all(set(core.ROW_FIELDS) <= set(r) and r["reason"] in core.REJECT_REASONS for r in rejects)
+    assert {r["src_text"] for r in rejects if r["reason"] == "copy"} == {"Cancel"}  # rejects keep the text as read
+
+
+def test_eval_overlap_catches_either_side_after_normalization():
+    keys = frozenset({sentence_key("Wo ist der Bahnhof?"), sentence_key("I like tea.")})
+    rows = [row("Where is the station?", "Wo  ist der   Bahnhof?"), row("I like tea.", "Ich mag Tee."),
+            row("Open the file", "Öffne die Datei")]
+    kept, rejects = core.process_batch(rows, core.PrepareRules(), keys)
+    assert [r["reason"] for r in rejects] == ["eval_overlap", "eval_overlap"]
+    assert [r["src_text"] for r in kept] == ["Open the file"]
+
+
+def test_pair_key_separates_languages_but_not_spelling_variants():
+    assert core.pair_key("de", "Open", "Öffnen") != core.pair_key("nl", "Open", "Öffnen")
+    assert core.pair_key("de", "Open", "Öffnen") == core.pair_key("de", "open", "öffnen")
+
+
+def test_resolve_duplicates_keeps_first_by_origin_and_line():
+    group = [row("a", "b", origin="z.po", line=1, pair_key="k"), row("a", "b", origin="a.po", line=9, pair_key="k"),
+             row("a", "b", origin="a.po", line=2, pair_key="k")]
+    winner, losers = core.resolve_duplicates(group)
+    assert (winner["origin"], winner["line"]) == ("a.po", 2)
+    assert [(r["reason"], r["detail"]) for r in losers] == [("duplicate", "k"), ("duplicate", "k")]
+
+
+def test_resolve_duplicates_prefers_existing_corpus():
+    group = [row("a", "b", origin="a.po", pair_key="k"), row("a", "b", origin="old.po", pair_key="k", existing=True)]
+    winner, losers = core.resolve_duplicates(group)
+    assert winner["existing"] and [r["reason"] for r in losers] == ["duplicate_existing"]
+
+
+def test_cap_keeps_existing_rows_and_fills_the_rest():
+    group = [row("a", f"t{i}", line=i) for i in range(5)] + [row("a", "old", existing=True)]
+    kept, dropped = core.cap_translations(group, 3)
+    assert [r["tgt_text"] for r in kept] == ["old", "t0", "t1"]
+    assert [r["reason"] for r in dropped] == ["source_cap"] * 3
+    kept, dropped = core.cap_translations([row("a", "old", existing=True)] * 4, 2)
+    assert len(kept) == 4 and dropped == []  # published rows are never dropped
+
+
+def test_tatoeba_and_mono_are_not_training_inputs(tmp_path):
+    if not TATOEBA.is_dir():
+        pytest.skip("no Tatoeba data")
+    with pytest.raises(PrepareError, match="evaluation data"):
+        InputSpec(path=TATOEBA).resolved_format()
+    (tmp_path / "de.txt").write_text("Hallo\n")
+    with pytest.raises(PrepareError, match="monolingual"):
+        InputSpec(path=tmp_path / "de.txt").resolved_format()
+
+
+def test_eval_keys_from_tatoeba():
+    if not TATOEBA.is_dir():
+        pytest.skip("no Tatoeba data")
+    keys = core.load_eval_keys([TATOEBA])
+    first_de = (TATOEBA / "tatoeba.deu-eng.deu").read_text().splitlines()[0]
+    assert sentence_key(first_de) in keys and len(keys) > 100_000
+    with pytest.raises(PrepareError, match="does not exist"):
+        core.load_eval_keys([TATOEBA / "missing"])
