@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from beam_jobs.io import ReadParquetBatches, WritePartitionedRows
 from beam_jobs.options import BeamConfig
 from labse_core import prepare as core
+from labse_core.langcodes import normalize
 from labse_core.text.normalize import sentence_key
 from storage.datasets import DatasetWriter, current_manifest
 from storage.layout import Layout, default_eval_sets
@@ -46,6 +47,9 @@ class PrepareConfig(BaseModel):
 
     inputs: list[core.InputSpec] = Field(default_factory=list, description="Corpus files to read.")
     from_raw_corpus: bool = Field(True, description="Also read the lake's corpus_raw dataset (gettext ingest).")
+    raw_languages: list[str] | None = Field(
+        None, description="Read only these languages of corpus_raw (its lang partitions); None reads all."
+    )
     eval_sets: list[Path] = Field(
         default_factory=default_eval_sets,
         description="Evaluation sets whose sentences must not be trained on (Tatoeba folder or text files).",
@@ -159,10 +163,12 @@ def _count_clean(row: dict) -> dict:
     return row
 
 
-def _files(layout: Layout, spec: DatasetSpec) -> list[str]:
+def _files(layout: Layout, spec: DatasetSpec, partitions: set[str] | None = None) -> list[str]:
     m = current_manifest(layout, spec)
     root = layout.dataset_dir(spec.relpath)
-    return [str(root / f.path) for f in m.files] if m else []
+    if not m:
+        return []
+    return [str(root / f.path) for f in m.files if partitions is None or f.partition.get("lang") in partitions]
 
 
 def _counters(result) -> dict[str, int]:
@@ -181,7 +187,8 @@ def check_inputs(cfg: PrepareConfig, layout: Layout) -> list[str]:
     for p in cfg.eval_sets:
         if not p.exists():
             raise PrepareError(f"evaluation set {p} does not exist")
-    raw_files = _files(layout, RAW_PAIRS) if cfg.from_raw_corpus else []
+    langs = {normalize(x) for x in cfg.raw_languages} if cfg.raw_languages else None
+    raw_files = _files(layout, RAW_PAIRS, langs) if cfg.from_raw_corpus else []
     if not raw_files and not cfg.inputs:
         raise PrepareError("nothing to prepare: no input files given and no corpus_raw dataset (run `labse ingest`)")
     return raw_files

@@ -3,6 +3,8 @@
     labse demo                         run labse-pipeline on the embedded defaults
     labse pipeline --preset smoke      run a named preset
     labse ingest [--path F]...         run the gettext ingest stage alone
+    labse prepare [--input F]...       normalize/filter/dedupe/decontaminate -> corpus_clean
+    labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
     labse catalog-refresh              rebuild the DuckDB views
@@ -192,6 +194,28 @@ def prepare(
     for e in result.errors:
         console.print(f"[yellow]skipped unreadable input:[/] {e}", highlight=False)
     console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
+
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Option(help="Exported model folder.")],
+    output: Annotated[Path, typer.Option(help="out.npy (float32 N x D) or out.parquet (text, embedding).")],
+    input: Annotated[str, typer.Option(help="Text file, one sentence per line; '-' reads stdin.")] = "-",
+    batch_size: Annotated[int, typer.Option(help="Sentences per batch (length-sorted).")] = 64,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per sentence (default: the model's limit).")] = None,
+) -> None:
+    """Embed sentences with an exported model (stdin or a file -> .npy / .parquet)."""
+    from labse_core.embed import embed_file
+
+    if not (model / "labse_export.json").exists():
+        _fail(f"{model} is not an exported model folder (no labse_export.json)")
+    if input != "-" and not Path(input).is_file():
+        _fail(f"input file {input} does not exist")
+    try:
+        out = embed_file(input, output, str(model), batch_size=batch_size, max_length=max_length)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    console.print(f"wrote {out}")
 
 
 @app.command()

@@ -38,6 +38,17 @@ def part_file_name(index: int, tag: str = "") -> str:
     return f"part-{tag + '-' if tag else ''}{index:05d}.parquet"
 
 
+def swap_into_place(staging: Path, final: Path) -> None:
+    """Replace ``final`` (a folder, maybe absent) with ``staging`` by two renames on one filesystem:
+    readers see the old folder or the new one, never a mix."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    trash = staging.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        os.replace(final, trash)
+    os.replace(staging, final)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 class DatasetWriter:
     """Staging area for one run's version of a dataset."""
 
@@ -76,12 +87,7 @@ class DatasetWriter:
                 f"the producer counted {expected_rows}; not published"
             )
         write_manifest(self.staging, manifest)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        trash = self.layout.staging / f".old-{self.spec.name}-{self.run_id}"
-        if self.final.exists():
-            os.replace(self.final, trash)
-        os.replace(self.staging, self.final)
-        shutil.rmtree(trash, ignore_errors=True)
+        swap_into_place(self.staging, self.final)
         return manifest
 
     def abort(self) -> None:

@@ -5,6 +5,8 @@
     LABSE_HOME/
       lake/                      data lake: one folder per dataset (see storage.schemas.DATASETS)
         <dataset path>/          e.g. corpus/raw/lang=de/part-00000.parquet
+        vocab/                   spm.model, hf/ (Hugging Face tokenizer folder), vocab.json
+        shards/tfrecord/         TFRecord copies of the pair shards
           _manifest.json         row counts per partition and per file, producer, stats
         _staging/                datasets being written; swapped into place when complete
       catalog.duckdb             DuckDB catalog: one view per dataset (`labse sql`)
@@ -66,6 +68,16 @@ class Layout:
 
     def dataset_dir(self, relpath: str) -> Path:
         return self.lake / relpath
+
+    @property
+    def vocab(self) -> Path:
+        """The current vocabulary: ``spm.model``, ``hf/`` (tokenizer folder), ``vocab.json``."""
+        return self.lake / "vocab"
+
+    @property
+    def tfrecords(self) -> Path:
+        """TFRecord copies of the shards (``pairs-*.tfrecord``) and their ``_manifest.json``."""
+        return self.lake / "shards" / "tfrecord"
 
     # -- catalog, tracking, orchestration ---------------------------------------------------
     @property
