@@ -4,6 +4,8 @@
     labse pipeline --preset smoke      run a named preset
     labse ingest [--path F]...         run the gettext ingest stage alone
     labse prepare [--input F]...       normalize/filter/dedupe/decontaminate -> corpus_clean
+    labse vocab                        balanced sample -> sentencepiece + HF tokenizer
+    labse shard                        tokenized pair/TLM/MLM shards + TFRecord
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
@@ -194,6 +196,59 @@ def prepare(
     for e in result.errors:
         console.print(f"[yellow]skipped unreadable input:[/] {e}", highlight=False)
     console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
+
+
+@app.command()
+def vocab(
+    vocab_size: Annotated[int, typer.Option(help="sentencepiece pieces (LaBSE: 501,153).")] = 8000,
+    alpha: Annotated[float, typer.Option(help="Language sampling exponent: p_l ~ n_l^alpha.")] = 0.3,
+    sample_size: Annotated[int, typer.Option(help="Sentences sampled for training.")] = 1_000_000,
+    mono: Annotated[list[Path] | None, typer.Option("--mono", help="Monolingual text file (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+) -> None:
+    """Train the sentencepiece vocabulary on a language-balanced sample of the clean corpus (Beam)."""
+    from beam_jobs.options import BeamConfig
+    from beam_jobs.vocab import VocabError, VocabStageConfig, run
+    from labse_core.vocab import VocabConfig
+    from storage.layout import Layout
+
+    try:
+        cfg = VocabStageConfig(vocab=VocabConfig(vocab_size=vocab_size, alpha=alpha, sample_size=sample_size),
+                               mono_inputs=mono or [], beam=BeamConfig(**({"num_workers": workers} if workers else {})))
+        with console.status("sampling and training the vocabulary ...", spinner="dots"):
+            result = run(cfg, Layout.from_env())
+    except (VocabError, ValueError, OSError) as e:
+        _fail(str(e))
+    console.print(f"vocabulary: {result.vocab_size:,} pieces from {result.sampled:,} sentences in "
+                  f"{result.languages} languages, {result.seconds:.0f}s -> {result.path}")
+
+
+@app.command()
+def shard(
+    max_len: Annotated[int, typer.Option(help="Most tokens per sentence.")] = 64,
+    rows_per_shard: Annotated[int, typer.Option(help="Target rows per shard file.")] = 100_000,
+    mono: Annotated[list[Path] | None, typer.Option("--mono", help="Monolingual text file for MLM (repeatable).")] = None,
+    tfrecord: Annotated[bool, typer.Option(help="Also write TFRecord files.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+) -> None:
+    """Tokenize the clean corpus into pair, TLM and MLM shards (+ TFRecord) (Beam)."""
+    from beam_jobs.options import BeamConfig
+    from beam_jobs.shard import ShardConfig, ShardError, run
+    from storage import catalog
+    from storage.layout import Layout
+
+    try:
+        cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
+                          beam=BeamConfig(**({"num_workers": workers} if workers else {})))
+        layout = Layout.from_env()
+        with console.status("tokenizing and sharding ...", spinner="dots"):
+            result = run(cfg, layout)
+    except (ShardError, ValueError, OSError) as e:
+        _fail(str(e))
+    catalog.refresh(layout)
+    for name, rows in result.rows.items():
+        console.print(f"{name}: {rows:,} rows in {result.files[name]} files")
+    console.print(f"tfrecord: {len(result.tfrecord_files)} files; {result.seconds:.0f}s")
 
 
 @app.command()

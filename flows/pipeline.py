@@ -1,7 +1,8 @@
 """The end-to-end Prefect flow ``labse-pipeline``.
 
-Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``) and ``prepare``
-(``corpus_raw`` -> ``corpus_clean`` + ``corpus_rejects``). Each stage is a Prefect
+Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``), ``prepare``
+(``corpus_raw`` -> ``corpus_clean`` + ``corpus_rejects``), ``vocab`` (sentencepiece + HF tokenizer)
+and ``shard`` (pair/TLM/MLM shards + TFRecord). Each stage is a Prefect
 task that calls the stage's ``run(config)``, logs a child MLflow run under the pipeline's parent
 run, refreshes the DuckDB catalog and publishes Prefect artifacts.
 
@@ -26,14 +27,17 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from beam_jobs import gettext_ingest, prepare
+from beam_jobs import gettext_ingest, prepare, shard, vocab
 from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.prepare import PrepareConfig
+from beam_jobs.shard import ShardConfig
+from beam_jobs.vocab import VocabStageConfig
 from flows.reporting import plot_partition_rows, publish_prefect_artifacts
+from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
 from storage.layout import Layout
 from storage.manifest import MANIFEST_NAME
-from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS
+from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS, SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 
 
 class PipelineConfig(BaseModel):
@@ -44,26 +48,49 @@ class PipelineConfig(BaseModel):
     preset: str = Field("demo", description="Name of the preset these settings came from (for the record).")
     ingest: GettextIngestConfig = Field(default_factory=GettextIngestConfig, description="gettext ingest stage.")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="normalize/filter/dedupe stage.")
+    vocab: VocabStageConfig = Field(default_factory=VocabStageConfig, description="sentencepiece vocabulary stage.")
+    shard: ShardConfig = Field(default_factory=ShardConfig, description="tokenized shards stage.")
     time_budget_minutes: float = Field(
         20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
     )
 
 
+# 30 languages in 14 scripts: what the demo carries past ingest (which reads all ~160).
+DEMO_LANGUAGES = [
+    "de", "fr", "es", "it", "pt", "nl", "pl", "cs", "sv", "fi", "hu", "tr", "vi", "id", "ro",
+    "ru", "uk", "bg", "el", "ar", "fa", "he", "hi", "bn", "ta", "th", "ka", "ja", "zh", "ko",
+]
+
+
 def demo() -> PipelineConfig:
-    """Every gettext catalog of this machine (~1.8 M pairs, ~1 min); small training settings."""
-    return PipelineConfig(preset="demo")
+    """The default: ingest every gettext catalog of this machine (~1.8 M pairs, 160 languages), then
+    prepare, vocabulary and shards for 30 languages in 14 scripts; fits the 20-minute budget on 2 cores."""
+    return PipelineConfig(
+        preset="demo",
+        prepare=PrepareConfig(raw_languages=DEMO_LANGUAGES),
+        vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=8000, sample_size=200_000)),
+        shard=ShardConfig(max_len=64),
+    )
+
+
+def full() -> PipelineConfig:
+    """Every language through every stage (~1.8 M raw pairs; about 30 min of data stages on 2 cores)."""
+    return PipelineConfig(preset="full", vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=32000)),
+                          time_budget_minutes=120)
 
 
 def smoke() -> PipelineConfig:
-    """A few languages only: the fastest run that exercises every stage (tests, first look)."""
+    """A few languages and catalogs: the fastest run that exercises every stage (tests, first look)."""
+    langs = ["de", "ru", "ja", "ar", "hi"]
     return PipelineConfig(
         preset="smoke",
-        ingest=GettextIngestConfig(languages=["de", "fr", "ru", "ja", "ar", "hi"], domains=None),
+        ingest=GettextIngestConfig(languages=langs, domains=["coreutils", "glib20", "gtk30", "iso_3166-1"]),
+        vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=3000, sample_size=20_000)),
         time_budget_minutes=5,
     )
 
 
-PRESETS: dict[str, Callable[[], PipelineConfig]] = {"demo": demo, "smoke": smoke}
+PRESETS: dict[str, Callable[[], PipelineConfig]] = {"demo": demo, "smoke": smoke, "full": full}
 
 
 def preset(name: str) -> PipelineConfig:
@@ -167,6 +194,41 @@ def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
     ]
 
 
+@task(name="build-vocab", task_run_name="build-vocab")
+def vocab_stage(cfg: VocabStageConfig, parent_run_id: str) -> StageSummary:
+    layout = Layout.from_env()
+    with mlflow.start_run(run_name="vocab", nested=True, parent_run_id=parent_run_id) as run:
+        mlflow.log_params(_flat_params("vocab", cfg.model_dump(mode="json")))
+        result = vocab.run(cfg, layout)
+        mlflow.log_metrics({"vocab_size": result.vocab_size, "languages": result.languages,
+                            "sampled": result.sampled, "seconds": result.seconds})
+        mlflow.log_artifact(str(layout.vocab / "vocab.json"), artifact_path="vocab")
+        mlflow.log_artifact(str(layout.vocab / "spm.model"), artifact_path="vocab")
+    get_run_logger().info("vocab: %d pieces from %s sentences in %d languages in %.1fs", result.vocab_size,
+                          f"{result.sampled:,}", result.languages, result.seconds)
+    return StageSummary(stage="vocab", dataset="vocab", rows=result.sampled, partitions=result.languages, files=1,
+                        seconds=result.seconds, path=result.path, mlflow_run_id=run.info.run_id,
+                        stats={"quotas": result.quotas})
+
+
+@task(name="shard", task_run_name="shard")
+def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
+    layout = Layout.from_env()
+    with mlflow.start_run(run_name="shard", nested=True, parent_run_id=parent_run_id) as run:
+        mlflow.log_params(_flat_params("shard", cfg.model_dump(mode="json")))
+        result = shard.run(cfg, layout)
+        mlflow.log_metrics({f"rows.{k}": v for k, v in result.rows.items()} | {"seconds": result.seconds})
+        catalog.refresh(layout)
+    summaries = []
+    for spec in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM):
+        if spec.name in result.rows:
+            summaries.append(StageSummary(stage="shard", dataset=spec.name, rows=result.rows[spec.name], partitions=0,
+                                          files=result.files[spec.name], seconds=result.seconds,
+                                          path=str(layout.dataset_dir(spec.relpath)), mlflow_run_id=run.info.run_id))
+    get_run_logger().info("shard: %s", ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
+    return summaries
+
+
 @flow(name="labse-pipeline", log_prints=True)
 def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
     """Raw corpora in; corpus, vocabulary, encoder, evaluation and mined bitext out (stages as they land)."""
@@ -180,6 +242,8 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
         mlflow.log_params(_flat_params("", config.model_dump(mode="json")))
         stages = [ingest_stage(config.ingest, parent.info.run_id)]
         stages += prepare_stage(config.prepare, parent.info.run_id)
+        stages.append(vocab_stage(config.vocab, parent.info.run_id))
+        stages += shard_stage(config.shard, parent.info.run_id)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("pipeline_seconds", seconds)
         if seconds > config.time_budget_minutes * 60:

@@ -6,6 +6,9 @@ from mlflow.tracking import MlflowClient
 from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.options import BeamConfig
 from beam_jobs.prepare import PrepareConfig
+from beam_jobs.shard import ShardConfig
+from beam_jobs.vocab import VocabStageConfig
+from labse_core.vocab import VocabConfig
 from flows.pipeline import PipelineConfig, labse_pipeline, preset
 from storage import catalog, tracking
 from storage.layout import Layout
@@ -15,12 +18,16 @@ from storage.layout import Layout
 def summary(prefect_harness, real_catalogs):
     beam = BeamConfig(num_workers=2)
     cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=beam),
-                         prepare=PrepareConfig(beam=beam))
+                         prepare=PrepareConfig(beam=beam),
+                         vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=2000, sample_size=10_000), beam=beam),
+                         shard=ShardConfig(beam=beam))
     return labse_pipeline(cfg)
 
 
 def test_flow_writes_corpus_and_catalog(summary):
-    stage, clean, rejects = summary.stages
+    stage, clean, rejects, vocab, pairs, tlm, mlm = summary.stages
+    assert (vocab.stage, pairs.dataset, tlm.dataset, mlm.dataset) == ("vocab", "shards_pairs", "shards_tlm", "shards_mlm")
+    assert pairs.rows == tlm.rows == clean.rows and vocab.rows == 10_000
     assert stage.stage == "ingest" and stage.rows > 20_000 and stage.partitions == 2
     assert (clean.dataset, rejects.dataset) == ("corpus_clean", "corpus_rejects")
     assert clean.rows + rejects.rows == stage.rows  # every raw pair is clean or rejected
@@ -43,10 +50,11 @@ def test_mlflow_holds_parent_and_child_runs(summary):
     assert {"ingest/corpus_raw", "ingest/corpus_raw.png"} <= artifacts
     assert [a.path for a in client.list_artifacts(child.info.run_id, "ingest/corpus_raw")] == ["ingest/corpus_raw/_manifest.json"]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert {r.info.run_name for r in children} == {"ingest", "prepare"}
+    assert {r.info.run_name for r in children} == {"ingest", "prepare", "vocab", "shard"}
 
 
 def test_presets():
     assert preset("demo").ingest.languages is None  # the demo reads every catalog
+    assert len(preset("demo").prepare.raw_languages) == 30
     with pytest.raises(ValueError, match="known presets"):
         preset("nope")
