@@ -25,13 +25,16 @@ class BeamConfig(BaseModel):
         "multi_processing",
         description="Direct runner mode: multi_processing, multi_threading or in_memory (one process, for tests).",
     )
+    worker_log_level: str = Field(
+        "WARNING", description="Log level of the Beam worker processes (--default_sdk_harness_log_level)."
+    )
     extra_args: list[str] = Field(
         default_factory=list,
         description="Any other standard Beam pipeline options, passed through, e.g. ['--flink_master=host:8081'].",
     )
 
     def pipeline_options(self) -> PipelineOptions:
-        args = [f"--runner={self.runner}"]
+        args = [f"--runner={self.runner}", f"--default_sdk_harness_log_level={self.worker_log_level}"]
         if self.runner == "DirectRunner":
             args += [f"--direct_num_workers={self.num_workers}", f"--direct_running_mode={self.running_mode}"]
         return PipelineOptions(args + list(self.extra_args))

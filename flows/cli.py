@@ -50,6 +50,18 @@ def _global(
     bootstrap(home)
 
 
+# Beam options shared by every Beam stage command.
+RunnerOpt = Annotated[str, typer.Option(help="Beam runner (DirectRunner, FlinkRunner, SparkRunner, DataflowRunner).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="Direct runner worker processes (default: CPU count).")]
+BeamArgOpt = Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option (repeatable).")]
+
+
+def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: list[str] | None = None):
+    from beam_jobs.options import BeamConfig
+
+    return BeamConfig(runner=runner, extra_args=beam_arg or [], **({"num_workers": workers} if workers else {}))
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -113,25 +125,23 @@ def ingest(
     system: Annotated[bool, typer.Option(help="Also read /usr/share/locale.")] = True,
     lang: Annotated[list[str] | None, typer.Option("--lang", help="Keep only this language (repeatable).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Count malformed catalogs instead of stopping.")] = False,
-    runner: Annotated[str, typer.Option(help="Beam runner.")] = "DirectRunner",
-    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
-    beam_arg: Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option.")] = None,
+    runner: RunnerOpt = "DirectRunner",
+    workers: WorkersOpt = None,
+    beam_arg: BeamArgOpt = None,
 ) -> None:
     """Read gettext catalogs into the corpus_raw dataset (Beam)."""
     from pydantic import ValidationError
 
     from beam_jobs.gettext_ingest import GettextIngestConfig, IngestError, run
-    from beam_jobs.options import BeamConfig
     from labse_core.gettext_catalog import CatalogError
     from labse_core.langcodes import UnknownLanguage
     from storage import catalog
     from storage.layout import Layout
 
     try:
-        beam_kwargs = {"runner": runner, "extra_args": beam_arg or []} | ({"num_workers": workers} if workers else {})
         cfg = GettextIngestConfig(
             locale_roots=[Path("/usr/share/locale")] if system else [],
-            paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=BeamConfig(**beam_kwargs),
+            paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=_beam(runner, workers, beam_arg),
         )
         layout = Layout.from_env()
         with console.status("reading gettext catalogs ...", spinner="dots"):
@@ -155,14 +165,13 @@ def prepare(
     append: Annotated[bool, typer.Option(help="Dedupe against and keep the clean corpus already in the lake.")] = False,
     max_per_source: Annotated[int | None, typer.Option(help="Cap translations per source sentence.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Count unreadable inputs instead of stopping.")] = False,
-    runner: Annotated[str, typer.Option(help="Beam runner.")] = "DirectRunner",
-    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
-    beam_arg: Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option.")] = None,
+    runner: RunnerOpt = "DirectRunner",
+    workers: WorkersOpt = None,
+    beam_arg: BeamArgOpt = None,
 ) -> None:
     """Normalize, filter, dedupe and decontaminate pairs into corpus_clean + corpus_rejects (Beam)."""
     from pydantic import ValidationError
 
-    from beam_jobs.options import BeamConfig
     from beam_jobs.prepare import PrepareConfig, PrepareError, run
     from labse_core.prepare import InputSpec
     from labse_core.prepare import PrepareError as InputError
@@ -173,12 +182,11 @@ def prepare(
         pair = tuple(x.strip() for x in langs.split(",")) if langs else None
         if pair is not None and len(pair) != 2:
             raise ValueError(f"--langs takes two codes separated by a comma, got {langs!r}")
-        beam_kwargs = {"runner": runner, "extra_args": beam_arg or []} | ({"num_workers": workers} if workers else {})
         kwargs = {} if eval_set is None else {"eval_sets": eval_set}
         cfg = PrepareConfig(
             inputs=[InputSpec(path=p, langs=pair) for p in input or []], from_raw_corpus=raw,
             mode="append" if append else "overwrite", max_translations_per_source=max_per_source,
-            skip_bad_inputs=skip_bad, beam=BeamConfig(**beam_kwargs), **kwargs,
+            skip_bad_inputs=skip_bad, beam=_beam(runner, workers, beam_arg), **kwargs,
         )
         layout = Layout.from_env()
         with console.status("preparing the corpus ...", spinner="dots"):
@@ -204,17 +212,18 @@ def vocab(
     alpha: Annotated[float, typer.Option(help="Language sampling exponent: p_l ~ n_l^alpha.")] = 0.3,
     sample_size: Annotated[int, typer.Option(help="Sentences sampled for training.")] = 1_000_000,
     mono: Annotated[list[Path] | None, typer.Option("--mono", help="Monolingual text file (repeatable).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+    runner: RunnerOpt = "DirectRunner",
+    workers: WorkersOpt = None,
+    beam_arg: BeamArgOpt = None,
 ) -> None:
     """Train the sentencepiece vocabulary on a language-balanced sample of the clean corpus (Beam)."""
-    from beam_jobs.options import BeamConfig
     from beam_jobs.vocab import VocabError, VocabStageConfig, run
     from labse_core.vocab import VocabConfig
     from storage.layout import Layout
 
     try:
         cfg = VocabStageConfig(vocab=VocabConfig(vocab_size=vocab_size, alpha=alpha, sample_size=sample_size),
-                               mono_inputs=mono or [], beam=BeamConfig(**({"num_workers": workers} if workers else {})))
+                               mono_inputs=mono or [], beam=_beam(runner, workers, beam_arg))
         with console.status("sampling and training the vocabulary ...", spinner="dots"):
             result = run(cfg, Layout.from_env())
     except (VocabError, ValueError, OSError) as e:
@@ -229,17 +238,18 @@ def shard(
     rows_per_shard: Annotated[int, typer.Option(help="Target rows per shard file.")] = 100_000,
     mono: Annotated[list[Path] | None, typer.Option("--mono", help="Monolingual text file for MLM (repeatable).")] = None,
     tfrecord: Annotated[bool, typer.Option(help="Also write TFRecord files.")] = True,
-    workers: Annotated[int | None, typer.Option(help="Direct runner worker processes.")] = None,
+    runner: RunnerOpt = "DirectRunner",
+    workers: WorkersOpt = None,
+    beam_arg: BeamArgOpt = None,
 ) -> None:
     """Tokenize the clean corpus into pair, TLM and MLM shards (+ TFRecord) (Beam)."""
-    from beam_jobs.options import BeamConfig
     from beam_jobs.shard import ShardConfig, ShardError, run
     from storage import catalog
     from storage.layout import Layout
 
     try:
         cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
-                          beam=BeamConfig(**({"num_workers": workers} if workers else {})))
+                          beam=_beam(runner, workers, beam_arg))
         layout = Layout.from_env()
         with console.status("tokenizing and sharding ...", spinner="dots"):
             result = run(cfg, layout)

@@ -32,19 +32,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labse_core.errors import InputFileError
+
 MO_MAGIC_LE = 0x950412DE
 MO_MAGIC_BE = 0xDE120495
 
 
-class CatalogError(ValueError):
+class CatalogError(InputFileError):
     """Malformed catalog; ``str()`` is ``path:line: message`` (``path: message`` if no line)."""
-
-    def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.message = message
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ the pair keeps the order of the file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
+from labse_core.errors import InputFileError
 from labse_core.langcodes import normalize
 
 ENGLISH = "en"
@@ -41,18 +41,8 @@ REJECT_REASONS = (
 )
 
 
-class ReaderError(ValueError):
-    """An input that cannot be read at all; ``str()`` is ``path:line: message`` (``path: message`` if no line).
-
-    Same shape as ``gettext_catalog.CatalogError``.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], message: str, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        self.message = message
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {message}")
+class ReaderError(InputFileError):
+    """An input that cannot be read at all; ``str()`` is ``path:line: message`` (``path: message`` if no line)."""
 
 
 @dataclass(frozen=True, slots=True)
