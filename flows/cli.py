@@ -6,6 +6,7 @@
     labse prepare [--input F]...       normalize/filter/dedupe/decontaminate -> corpus_clean
     labse vocab                        balanced sample -> sentencepiece + HF tokenizer
     labse shard                        tokenized pair/TLM/MLM shards + TFRecord
+    labse pretrain --preset tiny_cpu   MLM + TLM pretraining (torchrun for multi-GPU)
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
@@ -259,6 +260,15 @@ def shard(
     for name, rows in result.rows.items():
         console.print(f"{name}: {rows:,} rows in {result.files[name]} files")
     console.print(f"tfrecord: {len(result.tfrecord_files)} files; {result.seconds:.0f}s")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pretrain(ctx: typer.Context) -> None:
+    """MLM + TLM pretraining on the shards (arguments of `python -m labse_core.pretrain.train`,
+    e.g. --preset tiny_cpu --set max_steps=300; multi-GPU: torchrun ... -m labse_core.pretrain.train)."""
+    from labse_core.pretrain.train import main as pretrain_main
+
+    pretrain_main(ctx.args)  # prints its own JSON summary
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``), ``prepare``
 (``corpus_raw`` -> ``corpus_clean`` + ``corpus_rejects``), ``vocab`` (sentencepiece + HF tokenizer)
-and ``shard`` (pair/TLM/MLM shards + TFRecord). Each stage is a Prefect
+``shard`` (pair/TLM/MLM shards + TFRecord) and ``pretrain`` (MLM + TLM, time-budgeted). Each stage is a Prefect
 task that calls the stage's ``run(config)``, logs a child MLflow run under the pipeline's parent
 run, refreshes the DuckDB catalog and publishes Prefect artifacts.
 
@@ -33,6 +33,9 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows.reporting import plot_partition_rows, publish_prefect_artifacts
+from labse_core.pretrain import train as pretrain
+from labse_core.pretrain import train as pretrain_presets
+from labse_core.pretrain.train import PretrainConfig
 from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
 from storage.layout import Layout
@@ -50,6 +53,10 @@ class PipelineConfig(BaseModel):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="normalize/filter/dedupe stage.")
     vocab: VocabStageConfig = Field(default_factory=VocabStageConfig, description="sentencepiece vocabulary stage.")
     shard: ShardConfig = Field(default_factory=ShardConfig, description="tokenized shards stage.")
+    pretrain: PretrainConfig | None = Field(
+        default_factory=lambda: pretrain_presets.tiny_cpu(time_budget_s=180),
+        description="MLM+TLM pretraining (None skips it); the demo gives it a 3-minute budget.",
+    )
     time_budget_minutes: float = Field(
         20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
     )
@@ -86,6 +93,7 @@ def smoke() -> PipelineConfig:
         preset="smoke",
         ingest=GettextIngestConfig(languages=langs, domains=["coreutils", "glib20", "gtk30", "iso_3166-1"]),
         vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=3000, sample_size=20_000)),
+        pretrain=pretrain_presets.tiny_cpu(max_steps=30, warmup_steps=5),
         time_budget_minutes=5,
     )
 
@@ -229,6 +237,28 @@ def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
     return summaries
 
 
+@task(name="pretrain", task_run_name="pretrain")
+def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
+    """MLM + TLM pretraining on the shards, sized to the vocabulary in the lake, within its time budget."""
+    import sentencepiece as spm
+
+    layout = Layout.from_env()
+    vocab_size = spm.SentencePieceProcessor(model_file=str(layout.vocab / "spm.model")).get_piece_size()
+    cfg = cfg.model_copy(update={"vocab_size": vocab_size, "mlflow_parent_run_id": parent_run_id, "resume": False})
+    t0 = time.perf_counter()
+    result = pretrain.run(cfg, layout)
+    seconds = time.perf_counter() - t0
+    first, last = result.losses[:10], result.losses[-10:]
+    get_run_logger().info("pretrain: %d steps (%s), MLM loss %.2f -> %.2f, accuracy %.3f, %s",
+                          result.step, result.stopped_by, sum(first) / max(len(first), 1),
+                          sum(last) / max(len(last), 1), result.accuracies[-1] if result.accuracies else 0.0,
+                          result.final_dir)
+    return StageSummary(stage="pretrain", dataset="encoder", rows=result.step, partitions=0, files=0,
+                        seconds=seconds, path=str(result.final_dir), mlflow_run_id=result.mlflow_run_id or "",
+                        stats={"loss_first": sum(first) / max(len(first), 1), "loss_last": sum(last) / max(len(last), 1),
+                               "stopped_by": result.stopped_by})
+
+
 @flow(name="labse-pipeline", log_prints=True)
 def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
     """Raw corpora in; corpus, vocabulary, encoder, evaluation and mined bitext out (stages as they land)."""
@@ -244,6 +274,8 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
         stages += prepare_stage(config.prepare, parent.info.run_id)
         stages.append(vocab_stage(config.vocab, parent.info.run_id))
         stages += shard_stage(config.shard, parent.info.run_id)
+        if config.pretrain is not None:
+            stages.append(pretrain_stage(config.pretrain, parent.info.run_id))
         seconds = time.perf_counter() - t0
         mlflow.log_metric("pipeline_seconds", seconds)
         if seconds > config.time_budget_minutes * 60:

@@ -176,6 +176,8 @@ class PretrainConfig(BaseModel):
     """Steps between MLflow metric logs (rank 0)."""
     mlflow: bool = True
     """Log params and metrics to MLflow (rank 0 only)."""
+    mlflow_parent_run_id: str | None = None
+    """Log as a child of this MLflow run (the pipeline's parent run)."""
     progress: bool = True
     """tqdm progress bar on rank 0."""
 
@@ -799,7 +801,8 @@ def _start_mlflow(cfg: PretrainConfig, layout: Layout, run_id: str | None, env: 
     from storage import tracking
 
     tracking.configure(layout)
-    run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=cfg.run_name)
+    parent = {"parent_run_id": cfg.mlflow_parent_run_id, "nested": True} if cfg.mlflow_parent_run_id else {}
+    run = mlflow.start_run(run_id=run_id, **parent) if run_id else mlflow.start_run(run_name=cfg.run_name, **parent)
     if run_id is None:
         flat = {
             k: json.dumps(v) if isinstance(v, dict | list | tuple) else v

@@ -8,8 +8,9 @@ from beam_jobs.options import BeamConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
-from labse_core.vocab import VocabConfig
 from flows.pipeline import PipelineConfig, labse_pipeline, preset
+from labse_core.pretrain.train import tiny_cpu
+from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
 from storage.layout import Layout
 
@@ -20,12 +21,14 @@ def summary(prefect_harness, real_catalogs):
     cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=beam),
                          prepare=PrepareConfig(beam=beam),
                          vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=2000, sample_size=10_000), beam=beam),
-                         shard=ShardConfig(beam=beam))
+                         shard=ShardConfig(beam=beam),
+                         pretrain=tiny_cpu(max_steps=40, warmup_steps=5, checkpoint_every=20, progress=False))
     return labse_pipeline(cfg)
 
 
 def test_flow_writes_corpus_and_catalog(summary):
-    stage, clean, rejects, vocab, pairs, tlm, mlm = summary.stages
+    stage, clean, rejects, vocab, pairs, tlm, mlm, pre = summary.stages
+    assert pre.stage == "pretrain" and pre.rows == 40 and pre.stats["loss_last"] < pre.stats["loss_first"]
     assert (vocab.stage, pairs.dataset, tlm.dataset, mlm.dataset) == ("vocab", "shards_pairs", "shards_tlm", "shards_mlm")
     assert pairs.rows == tlm.rows == clean.rows and vocab.rows == 10_000
     assert stage.stage == "ingest" and stage.rows > 20_000 and stage.partitions == 2
@@ -50,7 +53,7 @@ def test_mlflow_holds_parent_and_child_runs(summary):
     assert {"ingest/corpus_raw", "ingest/corpus_raw.png"} <= artifacts
     assert [a.path for a in client.list_artifacts(child.info.run_id, "ingest/corpus_raw")] == ["ingest/corpus_raw/_manifest.json"]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert {r.info.run_name for r in children} == {"ingest", "prepare", "vocab", "shard"}
+    assert {r.info.run_name for r in children} == {"ingest", "prepare", "vocab", "shard", "tiny-cpu"}
 
 
 def test_presets():
