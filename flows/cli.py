@@ -7,6 +7,7 @@
     labse vocab                        balanced sample -> sentencepiece + HF tokenizer
     labse shard                        tokenized pair/TLM/MLM shards + TFRecord
     labse pretrain --preset tiny_cpu   MLM + TLM pretraining (torchrun for multi-GPU)
+    labse finetune --preset tiny_cpu   dual encoder, additive margin softmax (torchrun for multi-GPU)
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
@@ -269,6 +270,15 @@ def pretrain(ctx: typer.Context) -> None:
     from labse_core.pretrain.train import main as pretrain_main
 
     pretrain_main(ctx.args)  # prints its own JSON summary
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def finetune(ctx: typer.Context) -> None:
+    """Dual-encoder fine-tuning with the bidirectional additive margin softmax (arguments of
+    `python -m labse_core.finetune.train`, e.g. --preset tiny_cpu --set init_from=DIR; torchrun for GPUs)."""
+    from labse_core.finetune.train import main as finetune_main
+
+    finetune_main(ctx.args)  # prints its own JSON summary
 
 
 @app.command()

@@ -12,6 +12,10 @@ from storage.layout import Layout
 
 EXPERIMENT = "labse"
 
+# What the user set before this process started. mlflow.set_tracking_uri() exports the variable
+# too (for subprocesses), so reading it later would return our own earlier choice instead.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
 
 def offline_env() -> None:
     """Environment for running with no network: no hub downloads, no telemetry."""
@@ -26,7 +30,8 @@ def offline_env() -> None:
 
 
 def tracking_uri(layout: Layout) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or layout.mlflow_tracking_uri
+    """``MLFLOW_TRACKING_URI`` if the user set it (an MLflow server), else this home's sqlite store."""
+    return _USER_TRACKING_URI or layout.mlflow_tracking_uri
 
 
 def configure(layout: Layout, experiment: str = EXPERIMENT) -> str:

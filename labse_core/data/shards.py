@@ -368,6 +368,9 @@ class ShardLoader:
                     collate_fn=_identity,
                     pin_memory=self.pin_memory,
                     prefetch_factor=self.prefetch_factor,
+                    # Workers fork from a clean server process, not from this one: a training process
+                    # often runs threads (MLflow, Prefect, gRPC) that a plain fork copies mid-flight.
+                    multiprocessing_context="forkserver" if self.num_workers else None,
                 )
             )
         for item in items:
