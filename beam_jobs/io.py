@@ -3,8 +3,8 @@
 ``WritePartitionedRows`` is a hive-partitioned Parquet sink built like Beam's own file sinks:
 
 1. each bundle buffers rows per partition and writes them (schema-checked) to a uniquely named
-   *attempt* file, emitting that file's name; a buffer is flushed at ``rows_per_file`` rows, so a
-   worker holds at most one file's rows per partition;
+   *attempt* file, emitting that file's name; a buffer is flushed at ``rows_per_file`` rows, and the
+   largest one whenever all buffers together hold ``max_buffered_rows``, which bounds a worker's memory;
 2. only the names emitted by *committed* bundles reach the single commit step, which moves those
    files into ``<staging>/<col>=<value>/part-NNNNN.parquet`` and deletes the rest (attempts of
    bundles that failed and were retried). Rows are therefore written exactly once.
@@ -60,20 +60,26 @@ class ReadParquetBatches(beam.DoFn):
 
 
 class _BufferedWriteFn(beam.DoFn):
-    def __init__(self, spec: DatasetSpec, staging: str, rows_per_file: int):
+    def __init__(self, spec: DatasetSpec, staging: str, rows_per_file: int, max_buffered_rows: int):
         self.spec = spec
         self.staging = staging
         self.rows_per_file = rows_per_file
+        self.max_buffered_rows = max_buffered_rows
 
     def start_bundle(self):
         self.buffers: dict[tuple, list[dict]] = defaultdict(list)
+        self.buffered = 0
 
     def process(self, row: dict):
         key = tuple(row[c] for c in self.spec.partition_by)
         buf = self.buffers[key]
         buf.append(row)
+        self.buffered += 1
         if len(buf) >= self.rows_per_file:
             yield self._flush(key)
+        elif self.buffered >= self.max_buffered_rows:
+            # Bound the worker's memory over all partitions: write out the largest buffer.
+            yield self._flush(max(self.buffers, key=lambda k: len(self.buffers[k])))
 
     def finish_bundle(self):
         for key in list(self.buffers):
@@ -82,6 +88,7 @@ class _BufferedWriteFn(beam.DoFn):
 
     def _flush(self, key: tuple) -> dict:
         rows = self.buffers.pop(key)
+        self.buffered -= len(rows)
         table = pa.Table.from_pylist(rows, schema=self.spec.file_schema)  # extra keys ignored, types checked
         rel = partition_path(self.spec, dict(zip(self.spec.partition_by, key, strict=True)))
         attempt = os.path.join(self.staging, ATTEMPTS, f"{uuid.uuid4().hex}.parquet")
@@ -108,17 +115,25 @@ class WritePartitionedRows(beam.PTransform):
     """Row dicts (full logical schema of ``spec``, partition columns included) -> Parquet files in
     ``staging``. Output: one element, the number of rows committed."""
 
-    def __init__(self, spec: DatasetSpec, staging: str | os.PathLike[str], rows_per_file: int = 250_000):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        staging: str | os.PathLike[str],
+        rows_per_file: int = 250_000,
+        max_buffered_rows: int = 100_000,
+    ):
         super().__init__()
         self.spec = spec
         self.staging = str(staging)
         self.rows_per_file = rows_per_file
+        self.max_buffered_rows = max_buffered_rows
 
     def expand(self, rows):
         staging = self.staging
         return (
             rows
-            | "WriteAttempts" >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file))
+            | "WriteAttempts"
+            >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows))
             | "CollectFileNames" >> beam.combiners.ToList()  # names and counts only
             | "Commit" >> beam.Map(commit_attempts, staging=staging)
         )
