@@ -131,12 +131,25 @@ class _ProcessBatchFn(beam.DoFn):
             yield r
 
 
+# What travels through the dedupe shuffle: a tuple in this order, not a dict (a pickled dict repeats
+# every key name in every row; on the direct runner the shuffle is held in the runner's memory).
+SHUFFLE_FIELDS = (*core.ROW_FIELDS, "pair_key", "existing")
+
+
+def _to_shuffle(row: dict) -> tuple[str, tuple]:
+    return row["pair_key"], tuple(row.get(f) for f in SHUFFLE_FIELDS)
+
+
+def _from_shuffle(values: tuple) -> dict:
+    return dict(zip(SHUFFLE_FIELDS, values, strict=True))
+
+
 class _DedupeFn(beam.DoFn):
     REJECTS = "rejects"
 
     def process(self, element):
         _, rows = element
-        winner, losers = core.resolve_duplicates(list(rows))
+        winner, losers = core.resolve_duplicates([_from_shuffle(r) for r in rows])
         for r in losers:
             _count(f"rejected.{r['reason']}")
             yield beam.pvalue.TaggedOutput(self.REJECTS, r)
@@ -229,7 +242,7 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
                 kept = (kept, old) | "WithOldClean" >> beam.Flatten()
             if cfg.dedupe:
                 deduped = (
-                    kept | "KeyByPair" >> beam.Map(lambda r: (r["pair_key"], r))
+                    kept | "KeyByPair" >> beam.Map(_to_shuffle)
                     | "GroupDuplicates" >> beam.GroupByKey()
                     | "KeepFirst" >> beam.ParDo(_DedupeFn()).with_outputs(_DedupeFn.REJECTS, main="kept")
                 )
