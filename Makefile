@@ -37,5 +37,12 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' ) > constraints.txt
 	rm -rf .venv-lock
 
+# Benchmarks: each prints ours vs the peer measured in the same run (results in bench/results/).
+# prepare_bench builds OpusFilter in its own venv (.venv-opusfilter) on first use.
+bench: venv
+	$(BIN)/python -m bench.prepare_bench
+	$(BIN)/python -m bench.pretrain_bench
+	$(BIN)/python -m bench.finetune_bench
+
 clean:
 	rm -rf $(VENV) labse_home
