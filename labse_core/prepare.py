@@ -30,7 +30,15 @@ from labse_core.readers.tatoeba import eval_sentences
 from labse_core.readers.tmx import read_tmx
 from labse_core.readers.tsv import TsvFormat, read_tsv
 from labse_core.text import filters as flt
-from labse_core.text.normalize import NormalizeConfig, dedupe_key, normalize_text, sentence_key
+from labse_core.text.normalize import (
+    NormalizeConfig,
+    dedupe_key,
+    dedupe_key_of,
+    key_text,
+    normalize_text,
+    sentence_key,
+    sentence_key_of,
+)
 
 ROW_FIELDS = ("lang", "src_lang", "src_text", "tgt_text", "source", "origin", "line", "locale", "context")
 
@@ -195,24 +203,30 @@ def process_batch(rows: Sequence[dict], rules: PrepareRules, eval_keys: frozense
             continue
         src = normalize_text(r["src_text"], rules.normalize)
         tgt = normalize_text(r["tgt_text"], rules.normalize)
-        if eval_keys and ((src and sentence_key(src) in eval_keys) or (tgt and sentence_key(tgt) in eval_keys)):
-            rejects.append(reject_row(EVAL_OVERLAP, None, **r))
-            continue
-        pending.append((r, src, tgt))
+        keys = None
+        if eval_keys:
+            # Key texts are computed once per side: the eval check here, the dedupe key below.
+            keys = key_text(src), key_text(tgt)
+            if (src and sentence_key_of(keys[0]) in eval_keys) or (tgt and sentence_key_of(keys[1]) in eval_keys):
+                rejects.append(reject_row(EVAL_OVERLAP, None, **r))
+                continue
+        pending.append((r, src, tgt, keys))
     reasons = flt.check_pairs(
-        [s for _, s, _ in pending], [t for _, _, t in pending],
-        [r["src_lang"] for r, _, _ in pending], [r["lang"] for r, _, _ in pending], rules.filters,
+        [p[1] for p in pending], [p[2] for p in pending],
+        [p[0]["src_lang"] for p in pending], [p[0]["lang"] for p in pending], rules.filters,
     )
-    for (r, src, tgt), reason in zip(pending, reasons, strict=True):
+    for (r, src, tgt, keys), reason in zip(pending, reasons, strict=True):
         if reason is not None:
             rejects.append(reject_row(reason, None, **r))
         else:
-            kept.append(r | {"src_text": src, "tgt_text": tgt, "pair_key": pair_key(r["lang"], src, tgt)})
+            keys = keys or (key_text(src), key_text(tgt))
+            kept.append(r | {"src_text": src, "tgt_text": tgt, "pair_key": f"{r['lang']}:{dedupe_key_of(*keys)}"})
     return kept, rejects
 
 
 def pair_key(lang: str, src: str, tgt: str) -> str:
-    """Dedupe key: the language plus the normalized pair (the same pair in two languages is two pairs)."""
+    """Dedupe key: the language plus the normalized pair (the same pair in two languages is two pairs).
+    ``process_batch`` builds the same string from key texts it already has."""
     return f"{lang}:{dedupe_key(src, tgt)}"
 
 

@@ -309,13 +309,23 @@ def _digest(text: str) -> str:
 
 def sentence_key(s: str) -> str:
     """Stable 32-hex-digit hash of ``key_text(s)``: find a test sentence in training data."""
-    return _digest(f"v{KEY_VERSION}\x00{key_text(s)}")
+    return sentence_key_of(key_text(s))
+
+
+def sentence_key_of(key: str) -> str:
+    """``sentence_key`` from an already computed ``key_text`` (hot paths compute it once per side)."""
+    return _digest(f"v{KEY_VERSION}\x00{key}")
 
 
 def dedupe_key(src: str, tgt: str) -> str:
     """Stable 32-hex-digit hash of the (src, tgt) pair of key texts. Ordered: (a, b) != (b, a).
     Meant to be compared within one language pair."""
-    return _digest(f"v{KEY_VERSION}\x00{key_text(src)}\x00{key_text(tgt)}")
+    return dedupe_key_of(key_text(src), key_text(tgt))
+
+
+def dedupe_key_of(src_key: str, tgt_key: str) -> str:
+    """``dedupe_key`` from already computed ``key_text`` of each side."""
+    return _digest(f"v{KEY_VERSION}\x00{src_key}\x00{tgt_key}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -84,3 +84,13 @@ def test_eval_keys_from_tatoeba():
     assert sentence_key(first_de) in keys and len(keys) > 100_000
     with pytest.raises(PrepareError, match="does not exist"):
         core.load_eval_keys([TATOEBA / "missing"])
+
+
+@pytest.mark.parametrize("eval_keys", [frozenset(), frozenset({sentence_key("unrelated")})])
+def test_batch_pair_keys_equal_the_plain_pair_key(eval_keys):
+    rows = [row("_Open file", "Datei _öffnen"), row("Save As…", "Speichern unter …", lang="de"),
+            row("Quit", "Quitter", lang="fr")]
+    kept, _ = core.process_batch(rows, core.PrepareRules(), eval_keys)
+    assert len(kept) == 3
+    for r in kept:
+        assert r["pair_key"] == core.pair_key(r["lang"], r["src_text"], r["tgt_text"])
