@@ -8,6 +8,7 @@
     labse shard                        tokenized pair/TLM/MLM shards + TFRecord
     labse pretrain --preset tiny_cpu   MLM + TLM pretraining (torchrun for multi-GPU)
     labse finetune --preset tiny_cpu   dual encoder, additive margin softmax (torchrun for multi-GPU)
+    labse ablation                     margin 0 vs 0.3, pretrained vs random init (20% of the pairs)
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
@@ -279,6 +280,42 @@ def finetune(ctx: typer.Context) -> None:
     from labse_core.finetune.train import main as finetune_main
 
     finetune_main(ctx.args)  # prints its own JSON summary
+
+
+@app.command()
+def ablation(
+    pretrained: Annotated[Path | None, typer.Option(help="Encoder for the warm-started arms (default: the pipeline's).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per arm.")] = 300,
+    train_fraction: Annotated[float, typer.Option(help="Fraction of the training pairs every arm sees.")] = 0.2,
+    margin: Annotated[list[float] | None, typer.Option(help="Margins compared (repeatable; default 0 and 0.3).")] = None,
+) -> None:
+    """Run the labse-ablation flow on the lake's pair shards (after `labse demo`)."""
+    from pydantic import ValidationError
+
+    from flows.ablation import AblationConfig, labse_ablation
+    from labse_core.finetune.train import tiny_cpu
+
+    if pretrained is not None and not pretrained.is_dir():
+        _fail(f"--pretrained {pretrained} is not a folder")
+    try:
+        cfg = AblationConfig(base=tiny_cpu(run_name="ablation", max_steps=steps, eval_every=max(1, steps // 6)),
+                             pretrained=str(pretrained) if pretrained else None, train_fraction=train_fraction,
+                             **({"margins": margin} if margin else {}))
+    except (ValueError, ValidationError) as e:
+        _fail(f"bad ablation settings: {e}")
+    with console.status("running labse-ablation ...", spinner="dots"):
+        try:
+            summary = labse_ablation(cfg)
+        except FileNotFoundError as e:
+            _fail(str(e))
+    t = Table(title=f"labse-ablation finished in {summary.seconds:.0f}s", title_justify="left")
+    for col in ("arm", "held-out accuracy", "steps", "training pairs"):
+        t.add_column(col, justify="left" if col == "arm" else "right")
+    for a in summary.arms:
+        t.add_row(a.arm, f"{a.final_accuracy:.4f}", str(a.steps), f"{a.train_pairs:,}")
+    console.print(t)
+    console.print(f"plot:        {summary.plot}")
+    console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
 
 
 @app.command()

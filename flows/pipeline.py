@@ -2,9 +2,12 @@
 
 Stages that exist today: ``ingest`` (gettext catalogs -> ``corpus_raw``), ``prepare``
 (``corpus_raw`` -> ``corpus_clean`` + ``corpus_rejects``), ``vocab`` (sentencepiece + HF tokenizer)
-``shard`` (pair/TLM/MLM shards + TFRecord) and ``pretrain`` (MLM + TLM, time-budgeted). Each stage is a Prefect
-task that calls the stage's ``run(config)``, logs a child MLflow run under the pipeline's parent
-run, refreshes the DuckDB catalog and publishes Prefect artifacts.
+``shard`` (pair/TLM/MLM shards + TFRecord), ``pretrain`` (MLM + TLM, time-budgeted) and ``finetune``
+(dual encoder with the additive margin softmax, warm-started from ``pretrain``, time-budgeted; its best
+model is registered in the MLflow model registry as a new version of ``labse`` and becomes
+``models:/labse@champion`` when it retrieves the held-out pairs at least as well as the current
+champion). Each stage is a Prefect task that calls the stage's ``run(config)``, logs a child MLflow run
+under the pipeline's parent run, refreshes the DuckDB catalog and publishes Prefect artifacts.
 
 Run it::
 
@@ -32,7 +35,9 @@ from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
-from flows.reporting import plot_partition_rows, publish_prefect_artifacts
+from flows.reporting import plot_partition_rows, plot_training, publish_markdown, publish_prefect_artifacts
+from labse_core.finetune import train as finetune
+from labse_core.finetune.train import FinetuneConfig
 from labse_core.pretrain import train as pretrain
 from labse_core.pretrain import train as pretrain_presets
 from labse_core.pretrain.train import PretrainConfig
@@ -56,6 +61,16 @@ class PipelineConfig(BaseModel):
     pretrain: PretrainConfig | None = Field(
         default_factory=lambda: pretrain_presets.tiny_cpu(time_budget_s=180),
         description="MLM+TLM pretraining (None skips it); the demo gives it a 3-minute budget.",
+    )
+    finetune: FinetuneConfig | None = Field(
+        default_factory=lambda: finetune.tiny_cpu(
+            max_steps=3000, warmup_steps=100, eval_every=250, checkpoint_every=500, time_budget_s=180
+        ),
+        description="Dual-encoder fine-tuning (None skips it), warm-started from pretrain's final/ when that "
+        "ran; the demo gives it a 3-minute budget.",
+    )
+    registered_model: str | None = Field(
+        "labse", description="MLflow registered model for the fine-tuned encoder (None: do not register)."
     )
     time_budget_minutes: float = Field(
         20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
@@ -94,6 +109,7 @@ def smoke() -> PipelineConfig:
         ingest=GettextIngestConfig(languages=langs, domains=["coreutils", "glib20", "gtk30", "iso_3166-1"]),
         vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=3000, sample_size=20_000)),
         pretrain=pretrain_presets.tiny_cpu(max_steps=30, warmup_steps=5),
+        finetune=finetune.tiny_cpu(max_steps=40, warmup_steps=5, eval_every=20),
         time_budget_minutes=5,
     )
 
@@ -249,6 +265,13 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
     result = pretrain.run(cfg, layout)
     seconds = time.perf_counter() - t0
     first, last = result.losses[:10], result.losses[-10:]
+    if result.losses and result.mlflow_run_id:
+        plot = plot_training(result.losses, layout.run_dir(result.mlflow_run_id) / "pretrain.png",
+                             "MLM + TLM loss", start_step=result.step - len(result.losses))
+        with mlflow.start_run(run_id=result.mlflow_run_id, nested=True):
+            mlflow.log_artifact(str(plot), artifact_path="plots")
+        publish_markdown("pretrain", [f"### pretrain: {result.step} steps ({result.stopped_by})",
+                                      f"- final/: `{result.final_dir}`", f"- MLflow run: `{result.mlflow_run_id}`"], plot)
     get_run_logger().info("pretrain: %d steps (%s), MLM loss %.2f -> %.2f, accuracy %.3f, %s",
                           result.step, result.stopped_by, sum(first) / max(len(first), 1),
                           sum(last) / max(len(last), 1), result.accuracies[-1] if result.accuracies else 0.0,
@@ -257,6 +280,57 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
                         seconds=seconds, path=str(result.final_dir), mlflow_run_id=result.mlflow_run_id or "",
                         stats={"loss_first": sum(first) / max(len(first), 1), "loss_last": sum(last) / max(len(last), 1),
                                "stopped_by": result.stopped_by})
+
+
+@task(name="finetune", task_run_name="finetune")
+def finetune_stage(
+    cfg: FinetuneConfig, parent_run_id: str, init_from: str | None, registered_model: str | None
+) -> StageSummary:
+    """Dual-encoder fine-tuning on the pair shards (warm start from ``init_from``), within its time
+    budget; the best checkpoint is logged as an MLflow pyfunc model and registered (module docstring)."""
+    import sentencepiece as spm
+
+    from labse_core.mlflow_model import register_and_promote
+
+    logger = get_run_logger()
+    layout = Layout.from_env()
+    vocab_size = spm.SentencePieceProcessor(model_file=str(layout.vocab / "spm.model")).get_piece_size()
+    update: dict[str, Any] = {"vocab_size": vocab_size, "mlflow_parent_run_id": parent_run_id, "resume": False,
+                              "mlflow": True}
+    if init_from is not None:
+        update["init_from"] = init_from
+    cfg = cfg.model_copy(update=update)
+    t0 = time.perf_counter()
+    result = finetune.run(FinetuneConfig(**cfg.model_dump()), layout)
+    seconds = time.perf_counter() - t0
+    stats: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by, "pairs_per_s": result.pairs_per_s,
+                             "best_accuracy": result.best_accuracy, "best_step": result.best_step,
+                             "init_from": cfg.init_from, "held_out_pairs": len(result.eval_pairs)}
+    plot = plot_training(result.losses, layout.run_dir(result.mlflow_run_id or "finetune") / "finetune.png",
+                         "additive margin softmax loss", start_step=result.start_step, evals=result.evals)
+    with mlflow.start_run(run_id=result.mlflow_run_id, nested=True):
+        mlflow.log_artifact(str(plot), artifact_path="plots")
+        if registered_model and result.best_dir is not None and result.eval_pairs:
+            promo = register_and_promote(result.best_dir, result.eval_pairs, name=registered_model)
+            stats |= {"registered_version": promo.version, "promoted": promo.promoted,
+                      "champion_accuracy": promo.champion_accuracy}
+            mlflow.set_tags({"registered_model": registered_model, "registered_version": promo.version,
+                             "champion": str(promo.promoted).lower()})
+    verdict = ""
+    if "registered_version" in stats:
+        verdict = (f"- registered `{registered_model}` version {stats['registered_version']}: "
+                   + (f"**now `models:/{registered_model}@champion`**" if stats["promoted"]
+                      else f"@challenger (champion scored {stats['champion_accuracy']:.3f} on these pairs)"))
+    publish_markdown("finetune", [
+        f"### finetune: {result.step} steps ({result.stopped_by}), {result.pairs_per_s:.0f} pairs/s",
+        f"- held-out retrieval accuracy: best **{result.best_accuracy:.3f}** at step {result.best_step} "
+        f"over {len(result.eval_pairs)} pairs (chance {1 / max(len(result.eval_pairs), 1):.4f})"
+        if result.best_accuracy is not None else "",
+        f"- init: `{cfg.init_from or 'random'}`", verdict, f"- MLflow run: `{result.mlflow_run_id}`"], plot)
+    logger.info("finetune: %d steps (%s), best held-out accuracy %s at step %s; %s", result.step, result.stopped_by,
+                result.best_accuracy, result.best_step, verdict.lstrip("- "))
+    return StageSummary(stage="finetune", dataset="encoder", rows=result.step, partitions=0, files=0, seconds=seconds,
+                        path=str(result.best_dir), mlflow_run_id=result.mlflow_run_id or "", stats=stats)
 
 
 @flow(name="labse-pipeline", log_prints=True)
@@ -274,8 +348,12 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
         stages += prepare_stage(config.prepare, parent.info.run_id)
         stages.append(vocab_stage(config.vocab, parent.info.run_id))
         stages += shard_stage(config.shard, parent.info.run_id)
+        init_from = None
         if config.pretrain is not None:
             stages.append(pretrain_stage(config.pretrain, parent.info.run_id))
+            init_from = stages[-1].path
+        if config.finetune is not None:
+            stages.append(finetune_stage(config.finetune, parent.info.run_id, init_from, config.registered_model))
         seconds = time.perf_counter() - t0
         mlflow.log_metric("pipeline_seconds", seconds)
         if seconds > config.time_budget_minutes * 60:

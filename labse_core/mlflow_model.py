@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from labse_core.export import read_export_metadata
@@ -145,7 +148,18 @@ def log_encoder(
     name: str = DEFAULT_NAME,
     include_code: bool = True,
 ) -> str:
-    """Log ``model_dir`` (an exported folder) as a pyfunc model; returns its model URI.
+    """Log ``model_dir`` (an exported folder) as a pyfunc model; returns its model URI."""
+    return _log_encoder(model_dir, registered_model_name, name=name, include_code=include_code).model_uri
+
+
+def _log_encoder(
+    model_dir: str | os.PathLike[str],
+    registered_model_name: str | None = None,
+    *,
+    name: str = DEFAULT_NAME,
+    include_code: bool = True,
+) -> ModelInfo:
+    """``log_encoder``, returning MLflow's ModelInfo (model URI and registered version).
 
     Logs into the active run, or into a new run of the current experiment that is ended again.
     ``registered_model_name``: also create a new version of that registered model.
@@ -183,7 +197,7 @@ def log_encoder(
             mlflow.end_run()
     if registered_model_name:
         log.info("registered %s version %s", registered_model_name, info.registered_model_version)
-    return info.model_uri
+    return info
 
 
 def registered_uri(name: str, alias: str | None = DEFAULT_ALIAS) -> str:
@@ -205,3 +219,93 @@ def load_registered(name_or_uri: str, alias: str | None = DEFAULT_ALIAS):
     (``models:/...``, ``runs:/...``, a path)."""
     uri = name_or_uri if ("/" in name_or_uri or ":" in name_or_uri) else registered_uri(name_or_uri, alias)
     return mlflow.pyfunc.load_model(uri)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry: a new version per trained model; the alias moves only when the new one is better.
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What ``register_and_promote`` did."""
+
+    name: str
+    version: str
+    """The new version of ``name``."""
+    model_uri: str
+    accuracy: float
+    """The new version's held-out retrieval accuracy (eval/acc on the pairs given)."""
+    champion_version: str | None
+    """The alias holder before (None: there was none)."""
+    champion_accuracy: float | None
+    """The previous holder's accuracy on the same pairs, measured now."""
+    promoted: bool
+    """Whether the alias now points at the new version."""
+
+    @property
+    def alias_uri(self) -> str:
+        return f"models:/{self.name}@{DEFAULT_ALIAS}"
+
+
+def text_retrieval_accuracy(embed: Callable[[list[str]], np.ndarray], pairs: Sequence[tuple[str, str]]) -> dict:
+    """Bidirectional retrieval accuracy over (source, target) text pairs, for any embedding function
+    (each model with its own tokenizer, so models with different vocabularies compare fairly)."""
+    import torch
+
+    from labse_core.finetune.train import retrieval_accuracy
+
+    src, tgt = [p[0] for p in pairs], [p[1] for p in pairs]
+    x = torch.from_numpy(np.asarray(embed(src), dtype=np.float32))
+    y = torch.from_numpy(np.asarray(embed(tgt), dtype=np.float32))
+    return retrieval_accuracy(x, y, src, tgt)
+
+
+def register_and_promote(
+    model_dir: str | os.PathLike[str],
+    eval_pairs: Sequence[tuple[str, str]],
+    name: str = "labse",
+    alias: str = DEFAULT_ALIAS,
+) -> Promotion:
+    """Log ``model_dir`` into the active run, register it as a new version of ``name`` and move
+    ``alias`` (``models:/name@champion``) to it if no version holds the alias yet or if it retrieves
+    ``eval_pairs`` at least as well as the current holder does. Both are evaluated now, on the same
+    pairs (normally the new run's held-out split), so the comparison is fair even when the holder was
+    trained on other data; the loser keeps its place, and the new version gets alias ``challenger``
+    when it does not win. Version tags record both accuracies.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from labse_core.embed import encode
+    from labse_core.export import load_encoder
+
+    if not eval_pairs:
+        raise ValueError("register_and_promote needs held-out pairs to compare models on")
+    client = MlflowClient()
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        holder = None
+    champion_acc = None
+    if holder is not None:
+        champ = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        champion_acc = text_retrieval_accuracy(lambda xs: champ.predict(xs), eval_pairs)["eval/acc"]
+    model = load_encoder(model_dir)
+    acc = text_retrieval_accuracy(lambda xs: encode(xs, model, progress=False), eval_pairs)["eval/acc"]
+    info = _log_encoder(model_dir, registered_model_name=name)
+    version = str(info.registered_model_version)
+    promoted = champion_acc is None or acc >= champion_acc
+    client.set_model_version_tag(name, version, "eval_acc", f"{acc:.6f}")
+    client.set_model_version_tag(name, version, "eval_n", str(len(eval_pairs)))
+    if holder is not None:
+        client.set_model_version_tag(name, version, f"{alias}_version_compared", str(holder.version))
+        client.set_model_version_tag(name, version, f"{alias}_eval_acc", f"{champion_acc:.6f}")
+    client.set_registered_model_alias(name, alias if promoted else "challenger", version)
+    log.info(
+        "%s version %s: accuracy %.4f vs %s %s; %s",
+        name, version, acc, alias, f"{champion_acc:.4f}" if champion_acc is not None else "none",
+        f"now @{alias}" if promoted else "@challenger",
+    )
+    return Promotion(
+        name, version, info.model_uri, acc, str(holder.version) if holder else None, champion_acc, promoted
+    )

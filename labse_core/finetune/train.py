@@ -691,6 +691,8 @@ class FinetuneResult:
     """Training pairs per language pair (before rejection sampling)."""
     acceptance: dict[str, float] = field(default_factory=dict)
     """Rejection-sampling keep rate per language pair."""
+    eval_pairs: list[tuple[str, str]] = field(default_factory=list)
+    """The held-out (src_text, tgt_text) pairs evaluated (to compare this model with others on them)."""
     mlflow_run_id: str | None = None
 
     @property
@@ -802,7 +804,8 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
         tuner = FineTuner(cfg, env, device)
         data = _Data(cfg, files, env, accept)
         result = FinetuneResult(
-            start_step=0, step=0, stopped_by="max_steps", train_counts=scan.train_counts, acceptance=accept
+            start_step=0, step=0, stopped_by="max_steps", train_counts=scan.train_counts, acceptance=accept,
+            eval_pairs=[(r["src_text"], r["tgt_text"]) for r in scan.eval_rows],
         )
         if meta is not None:
             if meta["data_shards"] != data.num_shards:

@@ -1,6 +1,12 @@
-"""labse-pipeline under the Prefect test harness, tracked in the session's MLflow (sqlite)."""
+"""labse-pipeline (and labse-ablation after it) under the Prefect test harness, tracked in the session's
+MLflow (sqlite), on this machine's gettext catalogs."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from beam_jobs.gettext_ingest import GettextIngestConfig
@@ -9,10 +15,13 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows.pipeline import PipelineConfig, labse_pipeline, preset
+from labse_core.data.shards import shard_files
+from labse_core.finetune import train as finetune
 from labse_core.pretrain.train import tiny_cpu
 from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
 from storage.layout import Layout
+from storage.schemas import SHARD_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +31,14 @@ def summary(prefect_harness, real_catalogs):
                          prepare=PrepareConfig(beam=beam),
                          vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=2000, sample_size=10_000), beam=beam),
                          shard=ShardConfig(beam=beam),
-                         pretrain=tiny_cpu(max_steps=40, warmup_steps=5, checkpoint_every=20, progress=False))
+                         pretrain=tiny_cpu(max_steps=40, warmup_steps=5, checkpoint_every=20, progress=False),
+                         finetune=finetune.tiny_cpu(max_steps=60, warmup_steps=5, eval_every=20, checkpoint_every=30,
+                                                    progress=False))
     return labse_pipeline(cfg)
 
 
 def test_flow_writes_corpus_and_catalog(summary):
-    stage, clean, rejects, vocab, pairs, tlm, mlm, pre = summary.stages
+    stage, clean, rejects, vocab, pairs, tlm, mlm, pre, fine = summary.stages
     assert pre.stage == "pretrain" and pre.rows == 40 and pre.stats["loss_last"] < pre.stats["loss_first"]
     assert (vocab.stage, pairs.dataset, tlm.dataset, mlm.dataset) == ("vocab", "shards_pairs", "shards_tlm", "shards_mlm")
     assert pairs.rows == tlm.rows == clean.rows and vocab.rows == 10_000
@@ -54,6 +65,7 @@ def test_mlflow_holds_parent_and_child_runs(summary):
     assert [a.path for a in client.list_artifacts(child.info.run_id, "ingest/corpus_raw")] == ["ingest/corpus_raw/_manifest.json"]
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {r.info.run_name for r in children} == {"ingest", "prepare", "vocab", "shard", "tiny-cpu"}
+    assert len(children) == 6  # pretrain and finetune are both tiny-cpu runs
 
 
 def test_presets():
@@ -61,3 +73,98 @@ def test_presets():
     assert len(preset("demo").prepare.raw_languages) == 30
     with pytest.raises(ValueError, match="known presets"):
         preset("nope")
+
+
+def test_finetune_stage_warm_starts_and_registers_the_champion(summary):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from labse_core.embed import encode
+    from labse_core.export import load_encoder
+
+    pre, fine = summary.stages[-2:]
+    assert fine.stage == "finetune" and fine.rows == 60 and fine.stats["init_from"] == pre.path
+    held_out = fine.stats["held_out_pairs"]
+    assert held_out > 100
+    # Far above chance (1 / held_out) on held-out real pairs after 60 steps from a 40-step pretraining.
+    assert fine.stats["best_accuracy"] > 20 / held_out
+    client = MlflowClient()
+    run = client.get_run(fine.mlflow_run_id)
+    assert run.data.tags["mlflow.parentRunId"] == summary.mlflow_run_id
+    assert "plots/finetune.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    champion = client.get_model_version_by_alias("labse", "champion")
+    assert str(champion.version) == fine.stats["registered_version"] and fine.stats["promoted"] is True
+    assert champion.run_id == fine.mlflow_run_id
+    assert float(champion.tags["eval_acc"]) == pytest.approx(fine.stats["best_accuracy"], abs=0.02)
+
+    # What users pull from the registry embeds like the exported best/ folder.
+    texts = ["Open the file", "Datei öffnen", "Відкрити файл", "Quit"]
+    pulled = mlflow.pyfunc.load_model("models:/labse@champion").predict(texts)
+    np.testing.assert_allclose(pulled, encode(texts, load_encoder(fine.path), progress=False), atol=1e-5)
+
+
+def test_a_worse_model_does_not_take_the_champion_alias(summary, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from labse_core.export import export_model, load_encoder
+    from labse_core.finetune.train import build_encoder, scan_pairs
+    from labse_core.mlflow_model import register_and_promote
+
+    fine = summary.stages[-1]
+    layout = Layout.from_env()
+    champion_before = str(MlflowClient().get_model_version_by_alias("labse", "champion").version)
+    _, tokenizer = load_encoder(fine.path)
+    cfg = finetune.tiny_cpu(vocab_size=len(tokenizer), seed=123)
+    # A degenerate model: the same embedding for every sentence (retrieval at chance). (A merely
+    # untrained one is not a safe loser: on gettext data, shared subwords alone retrieve many pairs.)
+    encoder = build_encoder(cfg)
+    with torch.no_grad():
+        encoder.pooler_dense.weight.zero_()
+        encoder.pooler_dense.bias.fill_(0.5)
+    untrained = export_model(encoder, layout.vocab / "hf", tmp_path / "constant")
+    scan = scan_pairs(shard_files(layout.dataset_dir(SHARD_PAIRS.relpath)), cfg.eval_fraction, cfg.eval_max_pairs)
+    pairs = [(r["src_text"], r["tgt_text"]) for r in scan.eval_rows]
+    with mlflow.start_run(run_name="constant-candidate"):
+        promo = register_and_promote(untrained, pairs, name="labse")
+    assert not promo.promoted and promo.champion_version == champion_before
+    assert promo.accuracy < promo.champion_accuracy
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("labse", "champion").version) == champion_before
+    assert str(client.get_model_version_by_alias("labse", "challenger").version) == promo.version
+    with pytest.raises(ValueError, match="held-out pairs"):
+        register_and_promote(untrained, [], name="labse")
+
+
+def test_ablation_flow_compares_arms_in_mlflow(summary):
+    from mlflow import MlflowClient
+
+    from flows.ablation import AblationConfig, labse_ablation
+
+    base = finetune.tiny_cpu(run_name="ablation", max_steps=20, warmup_steps=2, eval_every=10, log_every=10,
+                             progress=False)
+    result = labse_ablation(AblationConfig(base=base))
+    pre = summary.stages[-2]
+    assert result.pretrained == str(Path(pre.path))  # found the pipeline's encoder by itself
+    arms = {a.arm: a for a in result.arms}
+    assert set(arms) == {f"margin={m},init={i}" for m in (0.0, 0.3) for i in ("random", "pretrained")}
+    client = MlflowClient()
+    parent = client.get_run(result.mlflow_run_id)
+    shards = shard_files(Layout.from_env().dataset_dir(SHARD_PAIRS.relpath))
+    full = sum(finetune.scan_pairs(shards, base.eval_fraction, base.eval_max_pairs).train_counts.values())
+    first_loss = {}
+    for name, a in arms.items():
+        run = client.get_run(a.mlflow_run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.data.tags["arm"] == name
+        assert float(run.data.params["margin"]) == a.margin and run.data.params["train_fraction"] == "0.2"
+        assert (run.data.params["init_from"] != "None") == (a.init == "pretrained")
+        assert a.steps == 20 and 0.0 <= a.final_accuracy <= 1.0
+        assert parent.data.metrics[f"acc.margin_{a.margin}.{a.init}"] == pytest.approx(a.final_accuracy)
+        assert 0.15 * full < a.train_pairs < 0.25 * full  # 20% of the training pairs
+        first_loss[name] = client.get_metric_history(a.mlflow_run_id, "loss")[0].value
+    for init in ("random", "pretrained"):  # the margin is really applied: same weights, higher loss
+        assert first_loss[f"margin=0.3,init={init}"] > first_loss[f"margin=0.0,init={init}"] + 1.0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"ablation.png", "ablation.json"} <= artifacts
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "ablation.json")).read_text())
+    assert [r["arm"] for r in table["arms"]] == [a.arm for a in result.arms]
