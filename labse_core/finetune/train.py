@@ -79,7 +79,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from labse_core.data.shards import ShardLoader, ShardStream, StreamConfig, pad_sequences, shard_files
 from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig
-from labse_core.model.encoder import LabseEncoder, preset
+from labse_core.model.encoder import LabseEncoder, is_sentence_transformers_folder, preset
 from labse_core.pretrain.train import (
     DistEnv,
     SpecialIds,
@@ -116,9 +116,12 @@ class FinetuneConfig(BaseModel):
     # -- model -------------------------------------------------------------------------------------
     init_from: str | None = None
     """Start from this local folder: an exported model folder (labse_export.json: load_encoder), a
+    sentence-transformers folder with LaBSE's pipeline such as a local copy of the released
+    sentence-transformers/LaBSE (LabseEncoder.from_sentence_transformers: its Dense is the pooler), a
     pretraining `final/` folder or any HF BERT folder (LabseEncoder.from_pretrained_bert; a missing
     pooler is freshly initialised). None: random init from encoder_preset + vocab_size. A folder's
-    geometry wins over encoder_preset/vocab_size."""
+    geometry wins over encoder_preset/vocab_size; a folder's own tokenizer travels with the model
+    (see retokenize)."""
     encoder_preset: Literal["tiny", "small", "base"] = "base"
     """Encoder geometry for a random init (labse_core.model.encoder presets)."""
     vocab_size: int = 501_153
@@ -126,8 +129,12 @@ class FinetuneConfig(BaseModel):
     dropout: float = 0.1
     """Hidden and attention dropout, also applied to a warm-started model (BERT: 0.1)."""
     tokenizer_dir: str | None = None
-    """HF tokenizer folder written into best/ and final/. None: init_from if it is an exported model
-    folder, else LABSE_HOME/lake/vocab/hf."""
+    """HF tokenizer folder the pair shards' ids were made with; written into best/ and final/ unless
+    init_from brings its own tokenizer. None: LABSE_HOME/lake/vocab/hf."""
+    retokenize: bool | None = None
+    """Tokenize src_text/tgt_text with the model's own tokenizer instead of reading the shards' ids.
+    None: exactly when init_from holds a tokenizer whose vocabulary is not the shards' (e.g. the
+    released LaBSE's 501k wordpieces); special_ids then come from that tokenizer."""
     special_ids: SpecialIds = SpecialIds()
     """[PAD]/[UNK]/[CLS]/[SEP]/[MASK] ids of the vocabulary."""
 
@@ -528,6 +535,8 @@ def build_encoder(cfg: FinetuneConfig) -> LabseEncoder:
         from labse_core.export import load_encoder
 
         encoder, _ = load_encoder(cfg.init_from)
+    elif cfg.init_from and is_sentence_transformers_folder(cfg.init_from):
+        encoder = LabseEncoder.from_sentence_transformers(cfg.init_from)
     elif cfg.init_from:
         encoder = LabseEncoder.from_pretrained_bert(cfg.init_from)
     else:
@@ -704,14 +713,18 @@ class FinetuneResult:
 class _Data:
     """This rank's data shards: one PairBatcher each; a step's batch is their concatenation."""
 
-    def __init__(self, cfg: FinetuneConfig, files: Path, env: DistEnv, accept: dict[str, float]):
-        self.cfg = cfg
+    def __init__(
+        self, cfg: FinetuneConfig, files: Path, env: DistEnv, accept: dict[str, float], tokenizer: Any = None
+    ):
+        self.cfg, self.tokenizer = cfg, tokenizer
         self.num_shards = env.world_size * cfg.streams_per_rank
         self.shard_ids = [env.rank * cfg.streams_per_rank + j for j in range(cfg.streams_per_rank)]
         self.batchers = {v: PairBatcher(cfg, files, v, self.num_shards, accept) for v in self.shard_ids}
 
     def next(self) -> dict[str, torch.Tensor]:
         rows = [r for v in self.shard_ids for r in self.batchers[v].next()]
+        if self.tokenizer is not None:
+            rows = retokenize(rows, self.tokenizer, self.cfg.max_len)
         return collate_pairs(rows, self.cfg.max_len, self.cfg.special_ids)
 
     def state_dict(self) -> dict:
@@ -722,12 +735,78 @@ class _Data:
             b.load_state_dict(state[str(v)])
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _shards_tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
+    return Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else layout.vocab / "hf"
+
+
 def _tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
-    if cfg.tokenizer_dir:
-        return Path(cfg.tokenizer_dir)
-    if cfg.init_from and is_exported_model(cfg.init_from):
+    """The tokenizer that belongs to the model (written into best/ and final/)."""
+    if cfg.init_from and has_tokenizer(cfg.init_from):
         return Path(cfg.init_from)
-    return layout.vocab / "hf"
+    return _shards_tokenizer_dir(cfg, layout)
+
+
+def text_tokenizer(cfg: FinetuneConfig, layout: Layout) -> Any | None:
+    """The tokenizer to re-tokenize pair texts with, or None to train on the shards' ids (retokenize)."""
+    from labse_core.vocab import load_tokenizer
+
+    model_dir, shards_dir = _tokenizer_dir(cfg, layout), _shards_tokenizer_dir(cfg, layout)
+    if cfg.retokenize is False:
+        return None
+    if cfg.retokenize is None:
+        if model_dir == shards_dir:
+            return None
+        model_tok = load_tokenizer(model_dir)
+        if has_tokenizer(shards_dir) and load_tokenizer(shards_dir).get_vocab() == model_tok.get_vocab():
+            return None
+        log.info("%s has its own vocabulary: pair texts are re-tokenized with it", model_dir)
+        return model_tok
+    return load_tokenizer(model_dir)
+
+
+def _check_vocab(cfg: FinetuneConfig, layout: Layout, encoder: LabseEncoder, tokenizer: Any) -> None:
+    """The ids fed to the model must fit its embedding table: a clear error instead of an index error
+    deep inside the embedding lookup."""
+    from labse_core.vocab import load_tokenizer
+
+    if tokenizer is None:
+        shards_dir = _shards_tokenizer_dir(cfg, layout)
+        if not has_tokenizer(shards_dir):
+            return
+        tokenizer = load_tokenizer(shards_dir)
+    if len(tokenizer) > encoder.cfg.vocab_size:
+        raise ValueError(
+            f"the token ids come from a {len(tokenizer):,}-id vocabulary but the model "
+            f"({cfg.init_from or cfg.encoder_preset}) has {encoder.cfg.vocab_size:,} embeddings: "
+            "set vocab_size, or init_from a model built for this vocabulary"
+        )
+
+
+def special_ids_of(tokenizer: Any) -> SpecialIds:
+    ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("pad", "unk", "cls", "sep", "mask")}
+    missing = [k for k, v in ids.items() if v is None and k != "mask"]
+    if missing:
+        raise ValueError(f"the model's tokenizer has no {missing} token(s); LaBSE needs [CLS], [SEP], [PAD], [UNK]")
+    return SpecialIds(**{k: v if v is not None else ids["unk"] for k, v in ids.items()})
+
+
+def retokenize(rows: Sequence[dict], tokenizer: Any, max_len: int) -> list[dict]:
+    """Rows with src_ids/tgt_ids recomputed from their texts (ids without [CLS]/[SEP], at most max_len - 2)."""
+    if not rows:
+        return []
+
+    def ids(col: str) -> list[list[int]]:
+        texts = [r[col] for r in rows]
+        return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_len - 2)["input_ids"]
+
+    return [r | {"src_ids": s, "tgt_ids": t} for r, s, t in zip(rows, ids("src_text"), ids("tgt_text"), strict=True)]
 
 
 def _start_mlflow(cfg: FinetuneConfig, layout: Layout, run_id: str | None, env: DistEnv) -> str:
@@ -790,7 +869,12 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
     files = Path(cfg.pair_shards) if cfg.pair_shards else layout.dataset_dir(SHARD_PAIRS.relpath)
     t_start = time.perf_counter()
     try:
+        tokenizer = text_tokenizer(cfg, layout)
+        if tokenizer is not None:
+            cfg = cfg.model_copy(update={"special_ids": special_ids_of(tokenizer)})
         scan = scan_pairs(shard_files(files), cfg.eval_fraction, cfg.eval_max_pairs, cfg.train_fraction)
+        if tokenizer is not None:
+            scan.eval_rows = retokenize(scan.eval_rows, tokenizer, cfg.max_len)
         accept = acceptance_probs(scan.train_counts, cfg.balance_alpha)
         log.info(
             "training pairs %s, held out %d (evaluating %d), keep rates %s",
@@ -802,7 +886,8 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
         ckpt = latest_checkpoint(root) if cfg.resume else None
         meta = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False) if ckpt else None
         tuner = FineTuner(cfg, env, device)
-        data = _Data(cfg, files, env, accept)
+        _check_vocab(cfg, layout, tuner.model, tokenizer)
+        data = _Data(cfg, files, env, accept, tokenizer)
         result = FinetuneResult(
             start_step=0, step=0, stopped_by="max_steps", train_counts=scan.train_counts, acceptance=accept,
             eval_pairs=[(r["src_text"], r["tgt_text"]) for r in scan.eval_rows],

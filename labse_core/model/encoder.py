@@ -231,6 +231,47 @@ class LabseEncoder(nn.Module):
             return cls(bert=bert, pooler_dense=fresh)
         return cls(bert=bert)
 
+    @classmethod
+    def from_sentence_transformers(cls, path: str | Path) -> LabseEncoder:
+        """Warm start from a sentence-transformers folder with LaBSE's pipeline, e.g. a local copy of
+        the released ``sentence-transformers/LaBSE``: Transformer (BERT) -> Pooling (CLS) ->
+        Dense (D -> D, tanh) -> Normalize. The Dense module's weights become `pooler_dense` (that is
+        what sentence-transformers computes, whatever pooler the BERT folder may also hold), so the
+        embeddings equal `SentenceTransformer(path).encode`. Any other pipeline (mean pooling, no
+        tanh Dense, a non-BERT transformer) is a clear error: it is not this architecture.
+        """
+        import json
+
+        path = Path(path)
+        modules = json.loads((path / "modules.json").read_text())
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if kinds[:3] != ["Transformer", "Pooling", "Dense"] or kinds[3:] not in ([], ["Normalize"]):
+            raise ValueError(
+                f"{path}: sentence-transformers pipeline {kinds} is not LaBSE's "
+                "(Transformer, Pooling, Dense, Normalize)"
+            )
+        transformer, pooling, dense = (path / modules[i].get("path", "") for i in range(3))
+        pcfg = json.loads((pooling / "config.json").read_text())
+        if "pooling_mode" in pcfg:  # sentence-transformers >= 6: one name
+            cls_only = pcfg["pooling_mode"] in ("cls", ["cls"])
+        else:  # older saves, the released LaBSE among them: one flag per mode
+            flags = {k: v for k, v in pcfg.items() if k.startswith("pooling_mode_")}
+            cls_only = bool(flags.pop("pooling_mode_cls_token", False)) and not any(flags.values())
+        if not cls_only:
+            raise ValueError(f"{pooling}: pooling is not [CLS]-only ({pcfg}); LaBSE pools the [CLS] state")
+        dcfg = json.loads((dense / "config.json").read_text())
+        act = str(dcfg.get("activation_function", ""))
+        if not act.endswith("Tanh") or not dcfg.get("bias", True):
+            raise ValueError(f"{dense}: Dense is {act} (bias={dcfg.get('bias', True)}), LaBSE's is tanh with bias")
+        bert = BertModel.from_pretrained(str(transformer), local_files_only=True, add_pooling_layer=False)
+        d = bert.config.hidden_size
+        if (dcfg.get("in_features"), dcfg.get("out_features")) != (d, d):
+            raise ValueError(f"{dense}: Dense is {dcfg.get('in_features')} -> {dcfg.get('out_features')}, need {d} -> {d}")
+        state = _read_state(dense)
+        pooler = nn.Linear(d, d)
+        pooler.load_state_dict({"weight": state["linear.weight"], "bias": state["linear.bias"]})
+        return cls(bert=bert, pooler_dense=pooler)
+
     def token_states(
         self,
         input_ids: torch.Tensor,
@@ -259,6 +300,21 @@ class LabseEncoder(nn.Module):
         cls = h[:, 0]  # (B, D) [CLS] is always position 0, so right padding never touches it
         pooled = torch.tanh(self.pooler_dense(cls))  # (B, D)
         return F.normalize(pooled, p=2, dim=-1)  # (B, D)
+
+
+def _read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """A module folder's weights: model.safetensors, else pytorch_model.bin (older saves)."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+
+
+def is_sentence_transformers_folder(path: str | Path) -> bool:
+    return (Path(path) / "modules.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labse_core.data.shards import write_shards
+from labse_core.data.shards import shard_files, write_shards
 from labse_core.finetune.train import (
     FinetuneConfig,
     PairBatcher,
@@ -348,3 +348,84 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
     init = build_encoder(cfg).state_dict()
     assert not torch.allclose(init["pooler_dense.weight"], a["pooler_dense.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Warm start from a sentence-transformers folder laid out like the released LaBSE
+
+
+def _labse_like_folder(corpus: Corpus, out: Path, pooling: str = "cls") -> Path:
+    """A local stand-in for sentence-transformers/LaBSE: its own WordPiece vocabulary (vocab.txt, not
+    the shards' sentencepiece), BERT with a pooler of its own, then Pooling(CLS) -> Dense(tanh) ->
+    Normalize, saved by sentence-transformers itself. The Dense differs from the BERT pooler, so
+    loading the wrong one shows."""
+    import pyarrow.parquet as pq
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    texts = [t for f in shard_files(corpus.shards)
+             for col in pq.read_table(f, columns=["src_text", "tgt_text"]).to_pydict().values() for t in col]
+    assert len(texts) > 1000
+    wp = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
+    wp.train_from_iterator(texts, vocab_size=1500, min_frequency=2)
+    raw = out.parent / f"{out.name}-wordpiece"
+    raw.mkdir(parents=True)
+    wp.save_model(str(raw))
+    # (transformers 5 ignores a vocab_file= argument: read the folder, as for the released LaBSE's vocab.txt)
+    tok = BertTokenizerFast.from_pretrained(str(raw), do_lower_case=False, model_max_length=128)
+    assert len(tok) > 1000
+    torch.manual_seed(3)
+    bert_dir = out.parent / f"{out.name}-bert"
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=512, max_position_embeddings=128), add_pooling_layer=True)
+    bert.save_pretrained(bert_dir)
+    tok.save_pretrained(bert_dir)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=64)
+    modules = [transformer, models.Pooling(128, pooling_mode=pooling),
+               models.Dense(128, 128, activation_function=torch.nn.Tanh()), models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    return out
+
+
+def test_sentence_transformers_labse_folder_loads_with_its_dense_as_pooler(corpus, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from labse_core.embed import encode
+    from labse_core.model.encoder import LabseEncoder
+    from labse_core.vocab import load_tokenizer
+
+    folder = _labse_like_folder(corpus, tmp_path / "labse-st")
+    encoder = LabseEncoder.from_sentence_transformers(folder).eval()
+    texts = ["Could not open file", "Datei konnte nicht geöffnet werden", "Не удалось открыть файл", "Quitter"]
+    ours = encode(texts, (encoder, load_tokenizer(folder)), max_length=64, progress=False)
+    st = SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(texts)
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+
+    with pytest.raises(ValueError, match="CLS"):
+        LabseEncoder.from_sentence_transformers(_labse_like_folder(corpus, tmp_path / "mean-st", pooling="mean"))
+
+
+def test_finetune_from_a_labse_folder_retokenizes_with_its_vocabulary(corpus, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from labse_core.embed import encode
+    from labse_core.export import load_encoder
+    from labse_core.vocab import load_tokenizer
+
+    folder = _labse_like_folder(corpus, tmp_path / "labse-st")
+    cfg = _cfg(corpus, init_from=str(folder), max_steps=120, eval_every=60, export_final=True)
+    layout = Layout.from_env(tmp_path / "home")
+    result = run(cfg, layout)
+    accs = [e["eval/acc"] for e in result.evals]
+    assert [e["step"] for e in result.evals] == [0, 60, 120] and accs[-1] > accs[0] + 0.05, accs
+    # The exported model carries LaBSE's vocabulary, not the shards' sentencepiece one.
+    encoder, tok = load_encoder(result.final_dir)
+    assert tok.get_vocab() == load_tokenizer(folder).get_vocab() and encoder.cfg.vocab_size == len(tok)
+    texts = ["Permission denied", "Keine Berechtigung", "Отказано в доступе"]
+    st = SentenceTransformer(str(result.final_dir), device="cpu", local_files_only=True).encode(texts)
+    np.testing.assert_allclose(encode(texts, (encoder, tok), progress=False), st, atol=1e-5)
+
+    # Training on the shards' ids with a model of another vocabulary is refused up front.
+    with pytest.raises(ValueError, match="embeddings"):
+        run(_cfg(corpus, init_from=str(folder), retokenize=False, max_steps=1), Layout.from_env(tmp_path / "h2"))
