@@ -22,6 +22,7 @@ What it does, in one process:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import tempfile
@@ -152,7 +153,7 @@ def peer_train(
         callbacks=[clock],
     )
     trainer.train()
-    return [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+    return [b - a for a, b in itertools.pairwise(clock.marks)]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from labse_core.export import default_max_length, load_encoder
 from labse_core.model.encoder import LabseEncoder
+from labse_core.model.inference import fast_embed
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def encode(
                 for b in range(0, len(order), batch_size):
                     idx = order[b : b + batch_size]
                     input_ids, mask = _pad([ids[i] for i in idx], pad_id)  # (B, T)
-                    emb = encoder(input_ids.to(dev), mask.to(dev))  # (B, D)
+                    emb = fast_embed(encoder, input_ids.to(dev), mask.to(dev))  # (B, D)
                     out[start + idx] = emb.float().cpu().numpy()
                     bar.update(len(idx))
     finally:
