@@ -414,11 +414,13 @@ def test_finetune_from_a_labse_folder_retokenizes_with_its_vocabulary(corpus, tm
     from labse_core.vocab import load_tokenizer
 
     folder = _labse_like_folder(corpus, tmp_path / "labse-st")
-    cfg = _cfg(corpus, init_from=str(folder), max_steps=120, eval_every=60, export_final=True)
+    cfg = _cfg(corpus, init_from=str(folder), max_steps=160, eval_every=80, export_final=True)
     layout = Layout.from_env(tmp_path / "home")
     result = run(cfg, layout)
     accs = [e["eval/acc"] for e in result.evals]
-    assert [e["step"] for e in result.evals] == [0, 60, 120] and accs[-1] > accs[0] + 0.05, accs
+    assert [e["step"] for e in result.evals] == [0, 80, 160]
+    # It learns on the re-tokenized pairs (a random BERT already retrieves ~20% through shared subwords).
+    assert np.mean(result.losses[-10:]) < 0.85 * np.mean(result.losses[:5]) and accs[-1] > accs[0] + 0.03, accs
     # The exported model carries LaBSE's vocabulary, not the shards' sentencepiece one.
     encoder, tok = load_encoder(result.final_dir)
     assert tok.get_vocab() == load_tokenizer(folder).get_vocab() and encoder.cfg.vocab_size == len(tok)
