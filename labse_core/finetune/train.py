@@ -243,6 +243,11 @@ class FinetuneConfig(BaseModel):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.init_from is not None and not Path(self.init_from).is_dir():
+            raise ValueError(
+                f"init_from {self.init_from!r} is not a folder (a model folder on this machine: nothing is "
+                "downloaded)"
+            )
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.balance_alpha < 0:
@@ -1082,7 +1087,10 @@ def main(argv: list[str] | None = None) -> FinetuneResult:
     parser.add_argument("--result", help="write the result summary JSON here (rank 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.preset, args.config, args.set)
+    try:
+        cfg = load_config(args.preset, args.config, args.set)
+    except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError; a missing --config file
+        parser.error(f"bad configuration: {e}")
     result = run(cfg, Layout.from_env(args.home))
     if DistEnv.from_env().is_main:
         summary = {

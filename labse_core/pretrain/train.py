@@ -994,7 +994,10 @@ def main(argv: list[str] | None = None) -> PretrainResult:
     parser.add_argument("--result", help="write the result summary JSON here (rank 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.preset, args.config, args.set)
+    try:
+        cfg = load_config(args.preset, args.config, args.set)
+    except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError; a missing --config file
+        parser.error(f"bad configuration: {e}")
     result = run(cfg, Layout.from_env(args.home))
     if DistEnv.from_env().is_main:
         summary = {

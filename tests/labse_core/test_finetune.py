@@ -431,3 +431,13 @@ def test_finetune_from_a_labse_folder_retokenizes_with_its_vocabulary(corpus, tm
     # Training on the shards' ids with a model of another vocabulary is refused up front.
     with pytest.raises(ValueError, match="embeddings"):
         run(_cfg(corpus, init_from=str(folder), retokenize=False, max_steps=1), Layout.from_env(tmp_path / "h2"))
+
+
+def test_cli_names_a_missing_init_folder_without_a_traceback(capsys):
+    from labse_core.finetune.train import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "tiny_cpu", "--set", "init_from=/no/such/LaBSE"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "init_from '/no/such/LaBSE' is not a folder" in err and "Traceback" not in err
