@@ -30,6 +30,7 @@ from labse_core.finetune import train as finetune
 from labse_core.finetune.ablation import Arm, ablation_arms, final_accuracy, run_arm
 from labse_core.finetune.train import FinetuneConfig
 from labse_core.pretrain import train as pretrain
+from labse_core.vocab import vocab_size_of
 from storage import tracking
 from storage.layout import Layout
 
@@ -93,16 +94,11 @@ def arm_task(arm: Arm, parent_run_id: str) -> tuple[ArmSummary, list[dict]]:
 @flow(name="labse-ablation", log_prints=True)
 def labse_ablation(config: AblationConfig | None = None) -> AblationSummary:
     """Margin 0 vs 0.3 and pretrained vs random init on 20% of the pairs, compared in MLflow with a plot."""
-    import sentencepiece as spm
-
     config = config or AblationConfig()
     t0 = time.perf_counter()
     layout = Layout.from_env().ensure()
     tracking.configure(layout)
-    spm_model = layout.vocab / "spm.model"
-    if not spm_model.is_file():
-        raise FileNotFoundError(f"{spm_model} does not exist: run the pipeline (labse demo) first")
-    vocab_size = spm.SentencePieceProcessor(model_file=str(spm_model)).get_piece_size()
+    vocab_size = vocab_size_of(layout.vocab)
     pretrained = config.pretrained or default_pretrained(layout)
     base = FinetuneConfig(**(config.base.model_dump() | {"vocab_size": vocab_size}))
     arms = ablation_arms(base, pretrained, config.margins, config.train_fraction)

@@ -294,6 +294,8 @@ def ablation(
 
     from flows.ablation import AblationConfig, labse_ablation
     from labse_core.finetune.train import tiny_cpu
+    from labse_core.vocab import vocab_size_of
+    from storage.layout import Layout
 
     if pretrained is not None and not pretrained.is_dir():
         _fail(f"--pretrained {pretrained} is not a folder")
@@ -303,11 +305,12 @@ def ablation(
                              **({"margins": margin} if margin else {}))
     except (ValueError, ValidationError) as e:
         _fail(f"bad ablation settings: {e}")
+    try:  # before the flow starts: a missing lake is the user's first mistake, not a flow failure
+        vocab_size_of(Layout.from_env().vocab)
+    except FileNotFoundError as e:
+        _fail(str(e))
     with console.status("running labse-ablation ...", spinner="dots"):
-        try:
-            summary = labse_ablation(cfg)
-        except FileNotFoundError as e:
-            _fail(str(e))
+        summary = labse_ablation(cfg)
     t = Table(title=f"labse-ablation finished in {summary.seconds:.0f}s", title_justify="left")
     for col in ("arm", "held-out accuracy", "steps", "training pairs"):
         t.add_column(col, justify="left" if col == "arm" else "right")

@@ -41,7 +41,7 @@ from labse_core.finetune.train import FinetuneConfig
 from labse_core.pretrain import train as pretrain
 from labse_core.pretrain import train as pretrain_presets
 from labse_core.pretrain.train import PretrainConfig
-from labse_core.vocab import VocabConfig
+from labse_core.vocab import VocabConfig, vocab_size_of
 from storage import catalog, tracking
 from storage.layout import Layout
 from storage.manifest import MANIFEST_NAME
@@ -256,11 +256,8 @@ def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
 @task(name="pretrain", task_run_name="pretrain")
 def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
     """MLM + TLM pretraining on the shards, sized to the vocabulary in the lake, within its time budget."""
-    import sentencepiece as spm
-
     layout = Layout.from_env()
-    vocab_size = spm.SentencePieceProcessor(model_file=str(layout.vocab / "spm.model")).get_piece_size()
-    cfg = cfg.model_copy(update={"vocab_size": vocab_size, "mlflow_parent_run_id": parent_run_id, "resume": False})
+    cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id, "resume": False})
     t0 = time.perf_counter()
     result = pretrain.run(cfg, layout)
     seconds = time.perf_counter() - t0
@@ -288,14 +285,11 @@ def finetune_stage(
 ) -> StageSummary:
     """Dual-encoder fine-tuning on the pair shards (warm start from ``init_from``), within its time
     budget; the best checkpoint is logged as an MLflow pyfunc model and registered (module docstring)."""
-    import sentencepiece as spm
-
     from labse_core.mlflow_model import register_and_promote
 
     logger = get_run_logger()
     layout = Layout.from_env()
-    vocab_size = spm.SentencePieceProcessor(model_file=str(layout.vocab / "spm.model")).get_piece_size()
-    update: dict[str, Any] = {"vocab_size": vocab_size, "mlflow_parent_run_id": parent_run_id, "resume": False,
+    update: dict[str, Any] = {"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id, "resume": False,
                               "mlflow": True}
     if init_from is not None:
         update["init_from"] = init_from

@@ -242,10 +242,6 @@ class Promotion:
     promoted: bool
     """Whether the alias now points at the new version."""
 
-    @property
-    def alias_uri(self) -> str:
-        return f"models:/{self.name}@{DEFAULT_ALIAS}"
-
 
 def text_retrieval_accuracy(embed: Callable[[list[str]], np.ndarray], pairs: Sequence[tuple[str, str]]) -> dict:
     """Bidirectional retrieval accuracy over (source, target) text pairs, for any embedding function

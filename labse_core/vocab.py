@@ -473,6 +473,17 @@ def export_hf_tokenizer(
     return out
 
 
+def vocab_size_of(vocab_dir: str | os.PathLike[str]) -> int:
+    """Pieces of the sentencepiece model in ``vocab_dir`` (the vocab stage's output): the vocab_size a
+    model trained on its shards needs. A missing model is a clear error naming the file."""
+    import sentencepiece as spm
+
+    path = Path(vocab_dir) / MODEL_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: build the vocabulary first (labse vocab, or labse demo)")
+    return spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+
+
 def load_tokenizer(path: str | os.PathLike[str]):
     """``AutoTokenizer.from_pretrained(path)`` for an exported folder; never touches the network."""
     from transformers import AutoTokenizer

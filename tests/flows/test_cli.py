@@ -72,3 +72,9 @@ def test_bad_pipeline_config_is_reported(tmp_path):
 def test_sql_before_any_run(tmp_path):
     r = labse(tmp_path / "empty", "sql", "SELECT 1", check=False)
     assert r.returncode == 2 and "no catalog" in r.stderr
+
+
+def test_ablation_before_any_vocabulary_says_what_to_run(tmp_path):
+    r = labse(tmp_path / "empty", "ablation", "--steps", "10", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert "spm.model does not exist: build the vocabulary first" in " ".join((r.stderr + r.stdout).split())
