@@ -73,7 +73,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -82,6 +82,7 @@ from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig
 from labse_core.model.encoder import LabseEncoder, is_sentence_transformers_folder, preset
 from labse_core.pretrain.train import (
     DistEnv,
+    RunConfig,
     SpecialIds,
     _all_reduce_sum,
     _gather_objects,
@@ -92,6 +93,7 @@ from labse_core.pretrain.train import (
     rng_state,
     set_rng_state,
     setup_distributed,
+    start_mlflow,
 )
 from storage.layout import Layout
 from storage.schemas import SHARD_PAIRS
@@ -105,10 +107,9 @@ PAIR_COLUMNS = ("src_lang", "tgt_lang", "src_text", "tgt_text", "src_ids", "tgt_
 # Config
 
 
-class FinetuneConfig(BaseModel):
-    """Everything a fine-tuning run depends on. Defaults are LaBSE's values where those exist."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+class FinetuneConfig(RunConfig):
+    """Everything a fine-tuning run depends on (with RunConfig's fields). Defaults are LaBSE's values
+    where those exist."""
 
     run_name: str = "finetune"
     """Checkpoints go to LABSE_HOME/checkpoints/finetune/<run_name>/; the MLflow run's name."""
@@ -182,57 +183,19 @@ class FinetuneConfig(BaseModel):
     eval_batch_size: int = 256
     """Sentences per forward in evaluation."""
 
-    # -- optimization ------------------------------------------------------------------------------
+    # -- optimization (and RunConfig's) ------------------------------------------------------------
     lr: float = 1e-5
     """Peak AdamW learning rate (LaBSE's fine-tuning scale for a pretrained encoder)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    eps: float = 1e-6
-    """AdamW epsilon."""
-    weight_decay: float = 0.01
-    """Decoupled weight decay; never on biases or LayerNorm weights."""
     warmup_steps: int = 1000
     """Linear warm-up from ~0 to lr."""
-    decay: Literal["linear", "cosine"] = "linear"
-    """Decay from lr to min_lr_ratio * lr between warmup_steps and max_steps."""
-    min_lr_ratio: float = 0.0
-    """Final learning rate as a fraction of lr."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this; 0 disables."""
 
     # -- duration ----------------------------------------------------------------------------------
     max_steps: int = 50_000
     """Optimizer steps of the whole run (the schedule's horizon)."""
-    time_budget_s: float | None = None
-    """Stop cleanly (checkpoint, eval, final/) when this many seconds of this invocation are spent."""
-    stop_at_step: int | None = None
-    """Stop cleanly after this step without changing the schedule; the next invocation resumes."""
 
-    # -- systems -----------------------------------------------------------------------------------
-    device: str | None = None
-    """None: cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    bf16: bool = True
-    """bf16 autocast for the forward on CUDA (ignored on CPU); the loss is computed in float32."""
-    compile: bool = False
-    """torch.compile the model."""
-
-    # -- checkpoints and logging -------------------------------------------------------------------
-    checkpoint_every: int = 1000
-    """Write step-N/ every this many steps (and always at the end)."""
-    keep_checkpoints: int = 3
-    """Keep the newest this many step-N/ folders."""
-    resume: bool = True
-    """Continue from the newest step-N/ of this run_name if there is one."""
+    # -- checkpoints and logging (and RunConfig's) -------------------------------------------------
     export_final: bool = True
     """Export the last weights as final/ (an exported model folder) at the end."""
-    log_every: int = 10
-    """Steps between MLflow metric logs (rank 0)."""
-    mlflow: bool = True
-    """Log params and metrics to MLflow (rank 0 only)."""
-    mlflow_parent_run_id: str | None = None
-    """Log as a child of this MLflow run (the pipeline's parent run)."""
-    progress: bool = True
-    """tqdm progress bar on rank 0."""
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -814,27 +777,6 @@ def retokenize(rows: Sequence[dict], tokenizer: Any, max_len: int) -> list[dict]
     return [r | {"src_ids": s, "tgt_ids": t} for r, s, t in zip(rows, ids("src_text"), ids("tgt_text"), strict=True)]
 
 
-def _start_mlflow(cfg: FinetuneConfig, layout: Layout, run_id: str | None, env: DistEnv) -> str:
-    import mlflow
-
-    from storage import tracking
-
-    tracking.configure(layout)
-    parent = {"parent_run_id": cfg.mlflow_parent_run_id, "nested": True} if cfg.mlflow_parent_run_id else {}
-    run = (
-        mlflow.start_run(run_id=run_id, **parent)
-        if run_id
-        else mlflow.start_run(run_name=cfg.run_name, **parent)
-    )
-    if run_id is None:
-        flat = {
-            k: json.dumps(v) if isinstance(v, dict | list | tuple) else v
-            for k, v in cfg.model_dump(mode="json").items()
-        }
-        mlflow.log_params(flat | {"world_size": env.world_size, "stage": "finetune"})
-    return run.info.run_id
-
-
 def _export(
     encoder: LabseEncoder,
     cfg: FinetuneConfig,
@@ -923,8 +865,8 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
                 result.best_dir = root / "best"
             log.info("resumed from %s (step %d)", ckpt, tuner.step)
         if env.is_main and cfg.mlflow:
-            result.mlflow_run_id = _start_mlflow(
-                cfg, layout, meta.get("mlflow_run_id") if meta else None, env
+            result.mlflow_run_id = start_mlflow(
+                cfg, layout, meta.get("mlflow_run_id") if meta else None, env, "finetune"
             )
         _loop(cfg, env, tuner, data, scan.eval_rows, layout, root, result, t_start)
         if env.is_main:

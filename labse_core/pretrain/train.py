@@ -81,10 +81,65 @@ class SpecialIds:
 # Config
 
 
-class PretrainConfig(BaseModel):
-    """Everything a pretraining run depends on. Defaults are BERT/LaBSE values where those exist."""
+class RunConfig(BaseModel):
+    """What every training run of this package shares (pretraining and fine-tuning): optimizer,
+    schedule shape, stopping, systems, checkpoints and logging. The stages' configs add their model,
+    data and the values that differ (lr, warm-up, horizon); all fields stay flat (`--set lr=...`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    run_name: str = "run"
+    """Checkpoints go to LABSE_HOME/checkpoints/<stage>/<run_name>/; the MLflow run's name."""
+
+    # -- optimization ------------------------------------------------------------------------------
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (BERT: 0.9, 0.999)."""
+    eps: float = 1e-6
+    """AdamW epsilon (BERT: 1e-6)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (BERT: 0.01); never on biases or LayerNorm weights."""
+    decay: Literal["linear", "cosine"] = "linear"
+    """Decay from lr to min_lr_ratio * lr between warmup_steps and max_steps (BERT: linear)."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (BERT: 1.0); 0 disables."""
+
+    # -- duration ----------------------------------------------------------------------------------
+    time_budget_s: float | None = None
+    """Stop cleanly (checkpoint, final output) when this many seconds of this invocation are spent."""
+    stop_at_step: int | None = None
+    """Stop cleanly after this step without changing the schedule (max_steps): cut a run into
+    sessions, e.g. to fit a scheduler's wall-time limit; the next invocation resumes."""
+
+    # -- systems -----------------------------------------------------------------------------------
+    device: str | None = None
+    """None: cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU, where it is slow); fine-tuning's loss stays float32."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs; off by default, it costs minutes of compile on CPU)."""
+
+    # -- checkpoints and logging -------------------------------------------------------------------
+    checkpoint_every: int = 1000
+    """Write step-N/ every this many steps (and always at the end)."""
+    keep_checkpoints: int = 3
+    """Keep the newest this many step-N/ folders."""
+    resume: bool = True
+    """Continue from the newest step-N/ of this run_name if there is one."""
+    log_every: int = 10
+    """Steps between MLflow metric logs (rank 0)."""
+    mlflow: bool = True
+    """Log params and metrics to MLflow (rank 0 only)."""
+    mlflow_parent_run_id: str | None = None
+    """Log as a child of this MLflow run (the pipeline's parent run)."""
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+
+
+class PretrainConfig(RunConfig):
+    """Everything a pretraining run depends on (with RunConfig's fields). Defaults are BERT/LaBSE
+    values where those exist."""
 
     run_name: str = "pretrain"
     """Checkpoints go to LABSE_HOME/checkpoints/pretrain/<run_name>/; the MLflow run's name."""
@@ -128,58 +183,17 @@ class PretrainConfig(BaseModel):
     seed: int = 0
     """Seeds model init, data order, masking, the MLM/TLM draws and dropout."""
 
-    # -- optimization ------------------------------------------------------------------------------
+    # -- optimization (and RunConfig's) ------------------------------------------------------------
     lr: float = 1e-4
     """Peak AdamW learning rate (BERT: 1e-4)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas (BERT: 0.9, 0.999)."""
-    eps: float = 1e-6
-    """AdamW epsilon (BERT: 1e-6)."""
-    weight_decay: float = 0.01
-    """Decoupled weight decay (BERT: 0.01); never on biases or LayerNorm weights."""
     warmup_steps: int = 10_000
     """Linear warm-up from ~0 to lr (BERT: 10k)."""
-    decay: Literal["linear", "cosine"] = "linear"
-    """Decay from lr to min_lr_ratio * lr between warmup_steps and max_steps (BERT: linear)."""
-    min_lr_ratio: float = 0.0
-    """Final learning rate as a fraction of lr."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (BERT: 1.0); 0 disables."""
 
     # -- duration ----------------------------------------------------------------------------------
     max_steps: int = 1_000_000
     """Optimizer steps of the whole run (sets the schedule's horizon; BERT: 1M)."""
-    time_budget_s: float | None = None
-    """Stop cleanly (checkpoint + final encoder) when this many seconds of this invocation are spent."""
-    stop_at_step: int | None = None
-    """Stop cleanly after this step without changing the schedule (max_steps): cut a run into
-    sessions, e.g. to fit a scheduler's wall-time limit; the next invocation resumes."""
     stacking_steps: tuple[int, ...] = ()
     """Progressive stacking: () off, or (s1, s2): train L/4 layers up to step s1, L/2 up to s2, then L."""
-
-    # -- systems -----------------------------------------------------------------------------------
-    device: str | None = None
-    """None: cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    bf16: bool = True
-    """bf16 autocast for forward/backward on CUDA (ignored on CPU, where it is slow)."""
-    compile: bool = False
-    """torch.compile the model (worth it on GPUs; off by default, it costs minutes of compile on CPU)."""
-
-    # -- checkpoints and logging -------------------------------------------------------------------
-    checkpoint_every: int = 1000
-    """Write step-N/ every this many steps (and always at the end)."""
-    keep_checkpoints: int = 3
-    """Keep the newest this many step-N/ folders."""
-    resume: bool = True
-    """Continue from the newest step-N/ of this run_name if there is one."""
-    log_every: int = 10
-    """Steps between MLflow metric logs (rank 0)."""
-    mlflow: bool = True
-    """Log params and metrics to MLflow (rank 0 only)."""
-    mlflow_parent_run_id: str | None = None
-    """Log as a child of this MLflow run (the pipeline's parent run)."""
-    progress: bool = True
-    """tqdm progress bar on rank 0."""
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
@@ -795,7 +809,9 @@ class _Sources:
         self._iters.clear()
 
 
-def _start_mlflow(cfg: PretrainConfig, layout: Layout, run_id: str | None, env: DistEnv) -> str | None:
+def start_mlflow(cfg: RunConfig, layout: Layout, run_id: str | None, env: DistEnv, stage: str) -> str:
+    """Rank 0: open (or, resuming, reopen) the run's MLflow run, a child of mlflow_parent_run_id if
+    set; a new run gets every config field as a parameter (nested values as JSON) plus the stage."""
     import mlflow
 
     from storage import tracking
@@ -808,7 +824,7 @@ def _start_mlflow(cfg: PretrainConfig, layout: Layout, run_id: str | None, env: 
             k: json.dumps(v) if isinstance(v, dict | list | tuple) else v
             for k, v in cfg.model_dump(mode="json").items()
         }
-        mlflow.log_params(flat | {"world_size": env.world_size, "stage": "pretrain"})
+        mlflow.log_params(flat | {"world_size": env.world_size, "stage": stage})
     return run.info.run_id
 
 
@@ -846,7 +862,7 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
             log.info("resumed from %s (step %d)", ckpt, trainer.step)
         mlflow_run = None
         if env.is_main and cfg.mlflow:
-            mlflow_run = _start_mlflow(cfg, layout, meta.get("mlflow_run_id") if meta else None, env)
+            mlflow_run = start_mlflow(cfg, layout, meta.get("mlflow_run_id") if meta else None, env, "pretrain")
         result = PretrainResult(
             start_step=trainer.step, step=trainer.step, stopped_by="max_steps", mlflow_run_id=mlflow_run
         )
