@@ -19,19 +19,22 @@ Writes ``lake/corpus/raw/lang=xx/part-NNNNN.parquet`` and its ``_manifest.json``
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics.metric import MetricsFilter
 from pydantic import BaseModel, ConfigDict, Field
 
+from beam_jobs.counters import counters
 from beam_jobs.options import BeamConfig
 from labse_core import langcodes
 from labse_core.gettext_catalog import CatalogError, catalog_pairs, locale_from_path, read_catalog
-from storage.datasets import DatasetWriter, part_file_name, partition_path
+from storage.datasets import DatasetWriter, current_manifest, part_file_name, partition_path
 from storage.io import write_parquet
 from storage.layout import Layout
 from storage.manifest import Manifest
@@ -64,6 +67,12 @@ class GettextIngestConfig(BaseModel):
     )
     source_language: str = Field("en", description="Language of msgid (gettext convention: English).")
     rows_per_file: int = Field(250_000, ge=1, description="Target rows per Parquet file within a partition.")
+    mode: Literal["overwrite", "append", "create"] = Field(
+        "overwrite",
+        description="What happens to a corpus_raw already published: overwrite replaces it, append keeps its rows "
+        "and adds the new ones, create refuses to touch it (what `labse ingest` does without --replace/--append).",
+    )
+    replace_empty: bool = Field(False, description="Publish an empty corpus_raw over a non-empty one (refused by default).")
     beam: BeamConfig = Field(default_factory=BeamConfig)
 
 
@@ -91,6 +100,7 @@ class IngestResult(BaseModel):
     errors: list[str]
     seconds: float
     catalogs: int
+    replaced_rows: int = Field(0, description="Rows of the version this run replaced (append: kept in the new one).")
 
 
 class IngestError(RuntimeError):
@@ -199,9 +209,10 @@ class _ParseAndWriteFn(beam.DoFn):
 
     ERRORS = "errors"
 
-    def __init__(self, cfg: GettextIngestConfig, staging: str):
+    def __init__(self, cfg: GettextIngestConfig, staging: str, tag: str = ""):
         self.cfg = cfg
         self.staging = staging
+        self.tag = tag  # appended runs name their files apart from the kept ones
 
     def process(self, group: FileGroup):
         stats: Counter = Counter()
@@ -215,17 +226,12 @@ class _ParseAndWriteFn(beam.DoFn):
         rows = 0
         if tables:
             table = pa.concat_tables(tables)
-            path = Path(self.staging) / partition_path(RAW_PAIRS, {"lang": group.lang}) / part_file_name(group.index)
+            path = Path(self.staging) / partition_path(RAW_PAIRS, {"lang": group.lang}) / part_file_name(group.index, self.tag)
             rows = write_parquet(RAW_PAIRS, table, path) if table.num_rows else 0
         stats["rows_written"] += rows
         for key, value in stats.items():
             beam.metrics.Metrics.counter(NAMESPACE, key).inc(value)
         yield {"lang": group.lang, "index": group.index, "rows": rows}
-
-
-def _counters(result) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    return {c.key.metric.name: int(c.committed or c.attempted or 0) for c in query["counters"]}
 
 
 def run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None = None, producer: dict | None = None) -> IngestResult:
@@ -236,33 +242,53 @@ def run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None = None, pro
     driver_stats: Counter = Counter()
     refs = discover_catalogs(cfg, driver_stats)
     if not refs:
-        raise IngestError("no gettext catalogs found in " + ", ".join(map(str, [*cfg.locale_roots, *cfg.paths])))
+        raise IngestError(no_catalogs_message(cfg, driver_stats))
+    old = current_manifest(layout, RAW_PAIRS)
+    old_rows = old.rows if old is not None else 0
+    if cfg.mode == "create" and old_rows:
+        raise IngestError(
+            f"corpus_raw already holds {old_rows:,} pairs ({layout.dataset_dir(RAW_PAIRS.relpath)}); "
+            "--replace replaces them with these catalogs, --append adds these catalogs to them"
+        )
+    if cfg.mode == "append" and old is not None and (again := already_ingested(layout, old, refs)):
+        more = f" (and {len(again) - 1} more)" if len(again) > 1 else ""
+        raise IngestError(f"catalog {again[0]}{more} is already in corpus_raw: appending it again would duplicate "
+                          "its pairs; --replace reads everything anew")
     groups = plan_files(refs, cfg.rows_per_file)
     writer = DatasetWriter(layout, RAW_PAIRS, run_id).begin()
     errors_path = writer.staging.parent / f".errors-{writer.run_id}.txt"
+    kept_rows = 0
     try:
-        with beam.Pipeline(options=cfg.beam.pipeline_options()) as p:
+        if cfg.mode == "append" and old is not None:
+            kept_rows = _keep_old_files(layout, old, writer.staging)
+        tag = writer.run_id[:8] if kept_rows else ""
+        with cfg.beam.pipeline() as p:
             out = (
                 p
                 | "PlannedFiles" >> beam.Create(groups, reshuffle=True)
                 | "ParseAndWrite"
-                >> beam.ParDo(_ParseAndWriteFn(cfg, str(writer.staging))).with_outputs(_ParseAndWriteFn.ERRORS, main="files")
+                >> beam.ParDo(_ParseAndWriteFn(cfg, str(writer.staging), tag)).with_outputs(_ParseAndWriteFn.ERRORS, main="files")
             )
             _ = (
                 out[_ParseAndWriteFn.ERRORS]
                 | "CollectErrors" >> beam.combiners.ToList()  # malformed files only: small
                 | "WriteErrors" >> beam.Map(lambda errs, path=str(errors_path): Path(path).write_text("\n".join(sorted(errs))))
             )
-        stats = dict(driver_stats) | _counters(p.result)
+        stats = dict(driver_stats) | counters(p.result, NAMESPACE)
         errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
         if errors and not cfg.skip_bad_catalogs:
             more = f" (and {len(errors) - 1} more malformed catalogs)" if len(errors) > 1 else ""
             raise IngestError(f"malformed catalog: {errors[0]}{more}")
+        if errors and not stats.get("catalogs_read"):
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise IngestError(f"every catalog was malformed, nothing published: {errors[0]}{more}")
         stats["malformed_catalogs"] = len(errors)
+        stats["rows_kept_from_previous_version"] = kept_rows
         manifest = writer.publish(
             producer={"stage": "ingest", "run_id": writer.run_id, **(producer or {}), "config": cfg.model_dump(mode="json")},
             stats=stats | {"malformed_catalog_errors": errors},
-            expected_rows=stats.get("pairs", 0),
+            expected_rows=stats.get("pairs", 0) + kept_rows,
+            replace_empty=cfg.replace_empty,
         )
     except BaseException:
         writer.abort()
@@ -270,5 +296,42 @@ def run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None = None, pro
     finally:
         errors_path.unlink(missing_ok=True)
     return IngestResult(
-        manifest=manifest, stats=stats, errors=errors, seconds=time.perf_counter() - t0, catalogs=len(refs)
+        manifest=manifest, stats=stats, errors=errors, seconds=time.perf_counter() - t0, catalogs=len(refs),
+        replaced_rows=writer.replaced_rows,
     )
+
+
+def no_catalogs_message(cfg: GettextIngestConfig, stats: Counter) -> str:
+    where = ", ".join(map(str, [*cfg.locale_roots, *cfg.paths])) or "nowhere (no --path given, and --no-system)"
+    skipped = [f"{n} {what}" for what, key in (("English-variant catalogs (en_GB, en@quot ...)", "catalogs_source_language"),
+                                               ("catalogs of unknown locales", "catalogs_unknown_locale"))
+               if (n := stats.get(key))]
+    why = f" (skipped: {', '.join(skipped)})" if skipped else ""
+    langs = f" for languages {', '.join(cfg.languages)}" if cfg.languages else ""
+    return f"no gettext catalogs found{langs} in {where}{why}"
+
+
+def already_ingested(layout: Layout, old: Manifest, refs: list[CatalogRef]) -> list[str]:
+    """The catalogs of ``refs`` whose pairs the published corpus_raw already holds (by ``origin``)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root = layout.dataset_dir(RAW_PAIRS.relpath)
+    seen: set[str] = set()
+    for f in old.files:  # one column, dictionary-encoded in the files: cheap
+        seen.update(pc.unique(pq.read_table(root / f.path, columns=["origin"]).column("origin")).to_pylist())
+    return [r.path for r in refs if r.path in seen]
+
+
+def _keep_old_files(layout: Layout, old: Manifest, staging: Path) -> int:
+    """Append mode: the published files go into the new version unchanged (hard links where the
+    filesystem allows, so nothing is copied; files are never modified in place)."""
+    root = layout.dataset_dir(RAW_PAIRS.relpath)
+    for f in old.files:
+        dst = staging / f.path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(root / f.path, dst)
+        except OSError:
+            shutil.copy2(root / f.path, dst)
+    return old.rows

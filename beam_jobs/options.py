@@ -1,12 +1,14 @@
 """Beam pipeline options, with the runner always named explicitly.
 
 Since Beam 2.68 an unnamed runner means Prism, a Go binary downloaded at run time; offline that
-fails or hangs. We default to the Python direct runner in multi-process mode.
+fails or hangs. We default to the Python direct runner in multi-process mode, whose worker
+processes start through ``beam_jobs.worker`` (Beam's harness, without its start-up noise).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,3 +40,30 @@ class BeamConfig(BaseModel):
         if self.runner == "DirectRunner":
             args += [f"--direct_num_workers={self.num_workers}", f"--direct_running_mode={self.running_mode}"]
         return PipelineOptions(args + list(self.extra_args))
+
+    def pipeline(self):
+        """A ``beam.Pipeline`` on this runner. Stages use ``with cfg.beam.pipeline() as p:``.
+
+        The direct runner in multi-process mode is Beam's ``FnApiRunner`` with the same options,
+        the one thing changed being the command that starts a worker: ``python -m beam_jobs.worker``
+        instead of ``python -m apache_beam.runners.worker.sdk_worker_main``. Beam hard-codes that
+        command when the mode is ``multi_processing``, so the runner is given its environment and
+        the mode ``in_memory`` (which keeps the given environment; ``direct_num_workers`` still sets
+        how many worker processes it starts).
+        """
+        import apache_beam as beam
+
+        if not (self.runner == "DirectRunner" and self.running_mode == "multi_processing"):
+            return beam.Pipeline(options=self.pipeline_options())
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+        from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+        options = self.model_copy(update={"running_mode": "in_memory"}).pipeline_options()
+        # What DirectRunner gives the FnApiRunner: the options, for the workers (log level ...).
+        provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+            pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options())))
+        worker = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m beam_jobs.worker")
+        return beam.Pipeline(runner=fn_runner.FnApiRunner(default_environment=worker, provision_info=provision),
+                             options=options)

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Literal
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from pydantic import BaseModel, ConfigDict, Field
 
+from beam_jobs.counters import counters
 from beam_jobs.io import ReadParquetBatches, WritePartitionedRows
 from beam_jobs.options import BeamConfig
 from labse_core import prepare as core
 from labse_core.langcodes import normalize
 from labse_core.text.normalize import sentence_key
-from storage.datasets import DatasetWriter, current_manifest
+from storage.datasets import DatasetWriter, check_replace, current_manifest
 from storage.layout import Layout, default_eval_sets
 from storage.manifest import Manifest
 from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS, DatasetSpec
@@ -63,6 +63,9 @@ class PrepareConfig(BaseModel):
         "overwrite", description="append: dedupe against, and keep, the clean corpus already in the lake."
     )
     skip_bad_inputs: bool = Field(False, description="Count unreadable input files instead of failing.")
+    replace_empty: bool = Field(
+        False, description="Publish an empty clean corpus over a non-empty one (refused by default: nothing is lost silently)."
+    )
     batch_size: int = Field(2000, ge=1, description="Pairs per batch inside the normalize/filter step.")
     rows_per_file: int = Field(250_000, ge=1, description="Most rows per Parquet file within a partition.")
     beam: BeamConfig = Field(default_factory=BeamConfig)
@@ -73,7 +76,9 @@ class PrepareResult(BaseModel):
     rejects: Manifest
     stats: dict[str, int]
     errors: list[str]
+    skipped: list[str] = Field(default_factory=list, description="Inputs skipped as a whole, with the reason.")
     seconds: float
+    replaced: dict[str, int] = Field(default_factory=dict, description="Rows of each dataset's previous version.")
 
     @property
     def input_pairs(self) -> int:
@@ -184,40 +189,52 @@ def _files(layout: Layout, spec: DatasetSpec, partitions: set[str] | None = None
     return [str(root / f.path) for f in m.files if partitions is None or f.partition.get("lang") in partitions]
 
 
-def _counters(result) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    out: dict[str, int] = {}
-    for c in query["counters"]:
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
-    return out
-
-
-def check_inputs(cfg: PrepareConfig, layout: Layout) -> list[str]:
+def check_inputs(cfg: PrepareConfig, layout: Layout, skipped: list[str] | None = None) -> list[str]:
     """Validate the configuration on the driver, before any work: every input readable by some
-    reader, evaluation sets present, something to read. Returns the corpus_raw files to read."""
+    reader, evaluation sets present and readable, language labels that match the text (side swaps
+    are caught on a sample), something to read. Returns the corpus_raw files to read; inputs
+    skipped as a whole (English-variant catalogs) are appended to ``skipped`` with the reason."""
+    skipped = skipped if skipped is not None else []
     for spec in cfg.inputs:
         spec.resolved_format()  # raises PrepareError / ReaderError naming the file
-    for p in cfg.eval_sets:
-        if not p.exists():
-            raise PrepareError(f"evaluation set {p} does not exist")
+    try:
+        core.check_eval_sets(cfg.eval_sets)
+    except core.PrepareError as e:
+        raise PrepareError(str(e)) from None
+    for spec in cfg.inputs:
+        try:
+            reason = core.skip_reason(spec)
+            if reason:
+                skipped.append(reason)
+            else:
+                core.refuse_swapped_sides(spec)
+        except core.PrepareError as e:  # swapped sides
+            raise PrepareError(str(e)) from None
+        except (ValueError, OSError) as e:  # ReaderError, CatalogError: the input cannot be read
+            if not cfg.skip_bad_inputs:
+                raise PrepareError(f"unreadable input: {e}") from None
+            # with skip_bad_inputs the workers count it as unreadable
     langs = {normalize(x) for x in cfg.raw_languages} if cfg.raw_languages else None
     raw_files = _files(layout, RAW_PAIRS, langs) if cfg.from_raw_corpus else []
     if not raw_files and not cfg.inputs:
         raise PrepareError("nothing to prepare: no input files given and no corpus_raw dataset (run `labse ingest`)")
+    if not raw_files and cfg.inputs and len(skipped) == len(cfg.inputs):
+        raise PrepareError(f"nothing to prepare: {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
     return raw_files
 
 
 def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer: dict | None = None) -> PrepareResult:
     t0 = time.perf_counter()
     layout.ensure()
-    raw_files = check_inputs(cfg, layout)
+    skipped: list[str] = []
+    raw_files = check_inputs(cfg, layout, skipped)
     existing_clean = _files(layout, CLEAN_PAIRS) if cfg.mode == "append" else []
     existing_rejects = _files(layout, REJECTS) if cfg.mode == "append" else []
     clean_w = DatasetWriter(layout, CLEAN_PAIRS, run_id).begin()
     rejects_w = DatasetWriter(layout, REJECTS, clean_w.run_id).begin()
     errors_path = layout.staging / f".errors-{clean_w.run_id}.txt"
     try:
-        with beam.Pipeline(options=cfg.beam.pipeline_options()) as p:
+        with cfg.beam.pipeline() as p:
             batches = []
             if raw_files:
                 batches.append(p | "RawFiles" >> beam.Create(raw_files, reshuffle=True)
@@ -264,11 +281,15 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
                                | "OldRejectRows" >> beam.FlatMap(lambda rows: rows))
             _ = (rejects | "AllRejects" >> beam.Flatten()
                  | "WriteRejects" >> WritePartitionedRows(REJECTS, rejects_w.staging, cfg.rows_per_file))
-        stats = _counters(p.result)
+        stats = counters(p.result, NAMESPACE)
         errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
         if errors and not cfg.skip_bad_inputs:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise PrepareError(f"unreadable input: {errors[0]}{more}")
+        if errors and len(errors) >= len(cfg.inputs) and not raw_files:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise PrepareError(f"every input was unreadable, nothing published: {errors[0]}{more}")
+        stats.setdefault("input_pairs", 0)
         rejected = Counter({k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("rejected.")})
         stats["rejected"] = sum(rejected.values())
         stats.setdefault("clean_new", 0)
@@ -279,10 +300,18 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
             )
         old_rejects = current_manifest(layout, REJECTS).rows if existing_rejects else 0
         info = {"stage": "prepare", "run_id": clean_w.run_id, **(producer or {}), "config": cfg.model_dump(mode="json")}
-        run_stats = stats | {"rejected_by_reason": dict(sorted(rejected.items())), "unreadable_inputs": errors}
-        clean_m = clean_w.publish(producer=info, stats=run_stats,
-                                  expected_rows=stats["clean_new"] + stats.get("clean_existing", 0))
-        rejects_m = rejects_w.publish(producer=info, stats=run_stats, expected_rows=stats["rejected"] + old_rejects)
+        run_stats = stats | {"rejected_by_reason": dict(sorted(rejected.items())), "unreadable_inputs": errors,
+                             "skipped_inputs": skipped}
+        clean_rows = stats["clean_new"] + stats.get("clean_existing", 0)
+        # Both datasets are checked before either is published. A run with clean pairs and no
+        # rejects is a normal run: its empty rejects replace the old ones.
+        rejects_may_empty = cfg.replace_empty or clean_rows > 0
+        check_replace(layout, CLEAN_PAIRS, clean_rows, replace_empty=cfg.replace_empty)
+        check_replace(layout, REJECTS, stats["rejected"] + old_rejects, replace_empty=rejects_may_empty)
+        clean_m = clean_w.publish(producer=info, stats=run_stats, expected_rows=clean_rows,
+                                  replace_empty=cfg.replace_empty)
+        rejects_m = rejects_w.publish(producer=info, stats=run_stats, expected_rows=stats["rejected"] + old_rejects,
+                                      replace_empty=rejects_may_empty)
     except BaseException:
         clean_w.abort()
         rejects_w.abort()
@@ -290,4 +319,5 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
     finally:
         errors_path.unlink(missing_ok=True)
     return PrepareResult(clean=clean_m, rejects=rejects_m, stats={k: v for k, v in stats.items()},
-                         errors=errors, seconds=time.perf_counter() - t0)
+                         errors=errors, skipped=skipped, seconds=time.perf_counter() - t0,
+                         replaced={CLEAN_PAIRS.name: clean_w.replaced_rows, REJECTS.name: rejects_w.replaced_rows})

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics.metric import MetricsFilter
 from pydantic import BaseModel, ConfigDict, Field
 
+from beam_jobs.counters import counters
 from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
 from beam_jobs.vocab import _mono
-from labse_core.pretrain.masking import make_tlm_example
+from labse_core.data.masking import make_tlm_example
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
 from storage.datasets import DatasetWriter, current_manifest, swap_into_place
 from storage.io import atomic_path, write_json_atomic, write_parquet
@@ -173,11 +173,6 @@ class _WriteMonoShardFn(beam.DoFn):
         _count("mlm", len(rows))
 
 
-def _counters(result) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    return {c.key.metric.name: int(c.committed or c.attempted or 0) for c in query["counters"]}
-
-
 def count_tfrecords(path: Path) -> int:
     """Records in a TFRecord file, reading only the length headers."""
     import struct
@@ -209,7 +204,7 @@ def run(cfg: ShardConfig, layout: Layout) -> ShardResult:
     tfr_staging = layout.staging / f"tfrecord-{uuid.uuid4().hex[:12]}"
     tfr_staging.mkdir(parents=True)
     try:
-        with beam.Pipeline(options=cfg.beam.pipeline_options()) as p:
+        with cfg.beam.pipeline() as p:
             rows = (p | "CleanFiles" >> beam.Create(files, reshuffle=True)
                     | "Read" >> beam.ParDo(ReadParquetBatches(2000)))
             _ = (
@@ -233,7 +228,7 @@ def run(cfg: ShardConfig, layout: Layout) -> ShardResult:
                      | "GroupMonoShards" >> beam.GroupByKey()
                      | "WriteMonoShards" >> beam.ParDo(_WriteMonoShardFn(
                          str(spm_model), cfg.max_len, n_mono, str(writers["shards_mlm"].staging))))
-        stats = _counters(p.result)
+        stats = counters(p.result, NAMESPACE)
         expected = {"shards_pairs": stats.get("pairs", 0), "shards_tlm": stats.get("tlm", 0),
                     "shards_mlm": stats.get("mlm", 0)}
         if not stats.get("tokenized", 0) == stats.get("pairs", 0) == manifest.rows:

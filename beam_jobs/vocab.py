@@ -104,7 +104,7 @@ def run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
     counts_path = staging / "_counts.json"
     total, alpha, seed = cfg.vocab.sample_size, cfg.vocab.alpha, cfg.vocab.seed
     try:
-        with beam.Pipeline(options=cfg.beam.pipeline_options()) as p:
+        with cfg.beam.pipeline() as p:
             sources = []
             if files:
                 sources.append(p | "CleanFiles" >> beam.Create(files, reshuffle=True)

@@ -229,7 +229,7 @@ def run_peer(cfg: PretrainConfig, batches: list[dict], out: Path, warmup: int) -
 def _peer_plain_loop(
     model, cfg: PretrainConfig, batches: list[dict], warmup: int, precision: str
 ) -> Measured:
-    from labse_core.pretrain.train import lr_at, param_groups
+    from labse_core.training.optim import lr_at, param_groups
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()

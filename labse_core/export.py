@@ -7,9 +7,15 @@ The same files serve as
 
       embedding = F.normalize(AutoModel.from_pretrained(dir)(**batch).pooler_output, dim=-1)
 
+  A mean-pooling encoder (``cfg.pooling == "mean"``, e.g. the imported multilingual-e5) has no
+  pooler: embedding = normalize(masked mean of ``last_hidden_state``), of ``input_prefix + text``;
 * a sentence-transformers model, Transformer -> Pooling(cls) -> Dense(D->D, tanh) -> Normalize
-  (the pooler weights are stored a second time in ``2_Dense``; D*D floats, 2.4 MB for LaBSE);
-* a labse_core model: ``load_encoder(dir) -> (LabseEncoder, tokenizer)``.
+  (the pooler weights are stored a second time in ``2_Dense``; D*D floats, 2.4 MB for LaBSE), or
+  Transformer -> Pooling(mean) -> Normalize, with the input prefix as the default prompt
+  (``config_sentence_transformers.json``: ``prompts`` + ``default_prompt_name``), so that
+  ``SentenceTransformer(dir).encode(texts)`` adds it;
+* a labse_core model: ``load_encoder(dir) -> (LabseEncoder, tokenizer)``; pooling and input prefix
+  come back from ``labse_export.json`` (``encoder_config``).
 
 Folder layout (``export_model`` writes all of it)::
 
@@ -22,10 +28,10 @@ Folder layout (``export_model`` writes all of it)::
       modules.json                  sentence-transformers pipeline
       sentence_bert_config.json     its Transformer module (root folder)
       config_sentence_transformers.json
-      1_Pooling/config.json         pooling_mode: cls
-      2_Dense/config.json           D -> D, torch.nn.Tanh
-      2_Dense/model.safetensors     linear.weight, linear.bias
-      3_Normalize/config.json
+      1_Pooling/config.json         pooling_mode: cls (mean)
+      2_Dense/config.json           D -> D, torch.nn.Tanh              (cls pooling only)
+      2_Dense/model.safetensors     linear.weight, linear.bias         (cls pooling only)
+      3_Normalize/config.json       (2_Normalize with mean pooling)
       labse_export.json             our metadata (EXPORT_FORMAT_VERSION, dims, versions, model card)
       README.md                     model card: data, settings, metrics, how to load, license
 
@@ -45,9 +51,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -59,6 +62,7 @@ import torch
 from torch import nn
 
 from labse_core.model.encoder import EncoderConfig, LabseEncoder
+from storage.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,12 @@ EXPORT_FORMAT_VERSION = 1
 """Version of the folder layout above; ``load_encoder`` refuses a newer one."""
 METADATA_FILENAME = "labse_export.json"
 README_FILENAME = "README.md"
+PROMPT_NAME = "query"
+"""Name of the sentence-transformers prompt that holds ``EncoderConfig.input_prefix`` (e5's "query: ")."""
+POOLING_DESCRIPTIONS = {
+    "cls": "cls -> dense -> tanh -> l2-normalize",
+    "mean": "masked mean over tokens -> l2-normalize",
+}
 # Written by transformers 5 into tokenizer_config.json when a tokenizer was loaded from a local folder;
 # they describe how *we* loaded it, not the tokenizer, and must not travel with the model.
 _LOAD_TIME_TOKENIZER_KEYS = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
@@ -148,19 +158,12 @@ def export_model(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # storage.io: fsync, rename into place, an older folder replaced
         _write_transformers_files(tmp, encoder, tokenizer, max_len)
         _write_sentence_transformers_files(tmp, encoder)
         meta = export_metadata(cfg, tokenizer, max_len, card)
         (tmp / METADATA_FILENAME).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
         (tmp / README_FILENAME).write_text(render_model_card(card, meta, out.name), encoding="utf-8")
-        _fsync_tree(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s (dim %d, max_seq_length %d)", out, cfg.hidden_size, max_len)
     return out
 
@@ -205,18 +208,19 @@ def _check_tokenizer(tokenizer, cfg: EncoderConfig) -> None:
         )
     if tokenizer.pad_token_id != cfg.pad_token_id:
         raise ValueError(f"tokenizer pad id {tokenizer.pad_token_id} != encoder pad id {cfg.pad_token_id}")
-    if tokenizer.cls_token_id is None:
+    if cfg.pooling == "cls" and tokenizer.cls_token_id is None:
         raise ValueError("tokenizer has no [CLS] token; LaBSE pools the [CLS] state")
 
 
 def _write_transformers_files(tmp: Path, encoder: LabseEncoder, tokenizer, max_len: int) -> None:
-    """config.json + model.safetensors (BertModel with pooler) + tokenizer files."""
+    """config.json + model.safetensors (BertModel, with pooler for cls pooling) + tokenizer files."""
     # encoder.bert has no pooler of its own (LabseEncoder owns pooler_dense); BertModel's pooler is
     # `pooler.dense` + tanh, so saving pooler_dense under that name makes pooler_output our pooling.
     # Passing the state dict avoids a second copy of the model (1.9 GB for LaBSE).
     state = {k: v.detach() for k, v in encoder.bert.state_dict().items()}
-    state["pooler.dense.weight"] = encoder.pooler_dense.weight.detach()
-    state["pooler.dense.bias"] = encoder.pooler_dense.bias.detach()
+    if encoder.pooler_dense is not None:
+        state["pooler.dense.weight"] = encoder.pooler_dense.weight.detach()
+        state["pooler.dense.bias"] = encoder.pooler_dense.bias.detach()
     encoder.bert.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     if not (tmp / "model.safetensors").exists():
         raise RuntimeError(
@@ -248,20 +252,21 @@ def _write_sentence_transformers_files(tmp: Path, encoder: LabseEncoder) -> None
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     d = encoder.cfg.hidden_size
-    dense = Dense(
-        d,
-        d,
-        bias=True,
-        activation_function=nn.Tanh(),
-        init_weight=encoder.pooler_dense.weight.detach().cpu().float().clone(),
-        init_bias=encoder.pooler_dense.bias.detach().cpu().float().clone(),
-    )
     modules: list[tuple[str, type, nn.Module | None]] = [
         ("", Transformer, None),  # saved in the root folder: the files written above
-        ("1_Pooling", Pooling, Pooling(d, pooling_mode="cls")),
-        ("2_Dense", Dense, dense),
-        ("3_Normalize", Normalize, Normalize()),
+        ("1_Pooling", Pooling, Pooling(d, pooling_mode=encoder.cfg.pooling)),
     ]
+    if encoder.cfg.pooling == "cls":
+        dense = Dense(
+            d,
+            d,
+            bias=True,
+            activation_function=nn.Tanh(),
+            init_weight=encoder.pooler_dense.weight.detach().cpu().float().clone(),
+            init_bias=encoder.pooler_dense.bias.detach().cpu().float().clone(),
+        )
+        modules.append(("2_Dense", Dense, dense))
+    modules.append((f"{len(modules)}_Normalize", Normalize, Normalize()))
     entries = []
     for idx, (path, cls, module) in enumerate(modules):
         if module is not None:
@@ -289,8 +294,10 @@ def _write_sentence_transformers_files(tmp: Path, encoder: LabseEncoder) -> None
             "pytorch": torch.__version__,
         },
         "model_type": "SentenceTransformer",
-        "prompts": {},
-        "default_prompt_name": None,
+        # The input prefix as the default prompt: SentenceTransformer.encode prepends it unless told
+        # otherwise (prompt_name= / prompt=), as labse_core.embed.encode does.
+        "prompts": {PROMPT_NAME: encoder.cfg.input_prefix} if encoder.cfg.input_prefix else {},
+        "default_prompt_name": PROMPT_NAME if encoder.cfg.input_prefix else None,
         "similarity_fn_name": "cosine",
     }
     (tmp / "config_sentence_transformers.json").write_text(
@@ -313,7 +320,8 @@ def export_metadata(cfg: EncoderConfig, tokenizer, max_seq_length: int, card: Mo
         "embedding_dim": cfg.hidden_size,
         "max_seq_length": max_seq_length,
         "vocab_size": len(tokenizer),
-        "pooling": "cls -> dense -> tanh -> l2-normalize",
+        "pooling": POOLING_DESCRIPTIONS[cfg.pooling],
+        "input_prefix": cfg.input_prefix,
         "normalized": True,
         "encoder_config": asdict(cfg),
         "special_tokens": dict(
@@ -329,29 +337,6 @@ def export_metadata(cfg: EncoderConfig, tokenizer, max_seq_length: int, card: Mo
         },
         "model_card": asdict(card),
     }
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an existing folder is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -385,8 +370,12 @@ def render_model_card(card: ModelCard, meta: Mapping[str, Any], folder_name: str
         front += [f"base_model: {json.dumps(card.base_model)}"]
     front += ["---", ""]
 
+    mean = cfg.get("pooling", "cls") == "mean"
+    prefix = cfg.get("input_prefix", "")
     geometry = {
-        "architecture": "BERT encoder + [CLS] pooler (dense + tanh) + L2 normalization (LaBSE)",
+        "architecture": "BERT encoder + masked mean pooling + L2 normalization"
+        if mean
+        else "BERT encoder + [CLS] pooler (dense + tanh) + L2 normalization (LaBSE)",
         "layers": cfg["num_layers"],
         "hidden size / embedding dim": meta["embedding_dim"],
         "attention heads": cfg["num_heads"],
@@ -395,6 +384,8 @@ def render_model_card(card: ModelCard, meta: Mapping[str, Any], folder_name: str
         "max_seq_length (tokens)": meta["max_seq_length"],
         "similarity": "cosine (= dot product: embeddings are unit length)",
     }
+    if prefix:
+        geometry["input prefix"] = json.dumps(prefix)
     body = [f"# {card.name}", ""]
     if card.description:
         body += [card.description, ""]
@@ -439,6 +430,41 @@ def render_model_card(card: ModelCard, meta: Mapping[str, Any], folder_name: str
 
     path = f"path/to/{folder_name}"
     max_len = meta["max_seq_length"]
+    if mean:
+        hf_pooling = [
+            "The sentence embedding is the masked mean of the last hidden states"
+            + (f", of the input with the prefix {json.dumps(prefix)}:" if prefix else ":"),
+            "",
+            "```python",
+            "import torch, torch.nn.functional as F",
+            "from transformers import AutoModel, AutoTokenizer",
+            "",
+            f'tok = AutoTokenizer.from_pretrained("{path}")',
+            f'model = AutoModel.from_pretrained("{path}").eval()  # its pooler is unused (and random)',
+            f"texts = [{json.dumps(prefix)} + t for t in ['Hello world', 'Hallo Welt']]",
+            f'batch = tok(texts, padding=True, truncation=True, max_length={max_len}, return_tensors="pt")',
+            "with torch.no_grad():",
+            "    h = model(**batch).last_hidden_state",
+            "    m = batch['attention_mask'].unsqueeze(-1).float()",
+            "    emb = F.normalize((h * m).sum(1) / m.sum(1), dim=-1)",
+            "```",
+        ]
+    else:
+        hf_pooling = [
+            "LaBSE's pooling is BERT's pooler (dense + tanh over [CLS]); normalize its output:",
+            "",
+            "```python",
+            "import torch, torch.nn.functional as F",
+            "from transformers import AutoModel, AutoTokenizer",
+            "",
+            f'tok = AutoTokenizer.from_pretrained("{path}")',
+            f'model = AutoModel.from_pretrained("{path}").eval()',
+            f'batch = tok(["Hello world", "Hallo Welt"], padding=True, truncation=True, max_length={max_len},',
+            '            return_tensors="pt")',
+            "with torch.no_grad():",
+            "    emb = F.normalize(model(**batch).pooler_output, dim=-1)",
+            "```",
+        ]
     body += [
         "## Usage",
         "",
@@ -456,19 +482,7 @@ def render_model_card(card: ModelCard, meta: Mapping[str, Any], folder_name: str
         "",
         "### transformers",
         "",
-        "LaBSE's pooling is BERT's pooler (dense + tanh over [CLS]); normalize its output:",
-        "",
-        "```python",
-        "import torch, torch.nn.functional as F",
-        "from transformers import AutoModel, AutoTokenizer",
-        "",
-        f'tok = AutoTokenizer.from_pretrained("{path}")',
-        f'model = AutoModel.from_pretrained("{path}").eval()',
-        f'batch = tok(["Hello world", "Hallo Welt"], padding=True, truncation=True, max_length={max_len},',
-        '            return_tensors="pt")',
-        "with torch.no_grad():",
-        "    emb = F.normalize(model(**batch).pooler_output, dim=-1)",
-        "```",
+        *hf_pooling,
         "",
         "### labse_core (this platform)",
         "",
@@ -535,7 +549,9 @@ def load_encoder(model_dir: str | os.PathLike[str]) -> tuple[LabseEncoder, Any]:
 
     Any BERT folder with a pooler loads (e.g. a LaBSE checkpoint converted from TF Hub); a folder
     without pooler weights is an error here, where ``LabseEncoder.from_pretrained_bert`` would
-    initialise a random pooler for training.
+    initialise a random pooler for training, unless its ``labse_export.json`` says the pooling is
+    "mean" (no pooler). Pooling and input prefix come from ``labse_export.json``; without one the
+    folder is taken as LaBSE-style ([CLS] pooling, no prefix).
     """
     from transformers import BertModel
 
@@ -543,13 +559,17 @@ def load_encoder(model_dir: str | os.PathLike[str]) -> tuple[LabseEncoder, Any]:
 
     model_dir = Path(model_dir)
     meta = read_export_metadata(model_dir)
+    saved_cfg = (meta or {}).get("encoder_config", {})
+    pooling = saved_cfg.get("pooling", "cls")  # exports before pooling was recorded are all [CLS]
     bert, info = BertModel.from_pretrained(
-        str(model_dir), local_files_only=True, add_pooling_layer=True, output_loading_info=True
+        str(model_dir), local_files_only=True, add_pooling_layer=pooling == "cls", output_loading_info=True
     )
     missing = sorted(info.get("missing_keys", []))
     if missing:
         raise ValueError(f"{model_dir} is not a complete sentence encoder: weights missing for {missing}")
-    encoder = LabseEncoder.from_bert(bert).eval()
+    encoder = LabseEncoder.from_bert(
+        bert, pooling=pooling, input_prefix=saved_cfg.get("input_prefix", "")
+    ).eval()
     tokenizer = load_tokenizer(model_dir)
     if meta is not None and meta["embedding_dim"] != encoder.cfg.hidden_size:
         raise ValueError(

@@ -18,11 +18,15 @@ Pairing policy (what a gettext entry contributes to a parallel corpus):
   paired with the form the catalog's ``Plural-Forms`` rule selects for n=1, the English plural with
   the form it selects for n=2 (the smallest count for which English uses the plural). Other forms
   (e.g. the Russian genitive plural for n=5) have no English text of their own and are not paired.
-  A missing or unparsable rule falls back to the Germanic ``n != 1``.
+  A missing rule means gettext's default ``n != 1``. An invalid one (a syntax error, or a form index
+  >= nplurals for some n, e.g. ``nplurals=1; plural=n>5 ? 3 : 0``) makes the catalog's plural
+  entries unpairable: they are counted and skipped (the prepare stage rejects them with reason
+  ``invalid_plural_forms``); its singular entries are unaffected.
 """
 
 from __future__ import annotations
 
+import functools
 import gettext
 import os
 import re
@@ -69,6 +73,11 @@ class Catalog:
     @property
     def plural_forms(self) -> str | None:
         return self.headers.get("Plural-Forms")
+
+    @property
+    def plural_error(self) -> str | None:
+        """Why the ``Plural-Forms`` header cannot be used (None if it is valid or absent)."""
+        return plural_forms_error(self.plural_forms)
 
     @property
     def language(self) -> str | None:
@@ -356,18 +365,51 @@ def read_catalog(path: str | os.PathLike[str]) -> Catalog:
     raise CatalogError(path, f"not a gettext catalog (expected .po or .mo, got {suffix or 'no suffix'!r})")
 
 
+INVALID_PLURAL_FORMS = "invalid_plural_forms"
+"""Reject reason (and ingest counter) for the plural pairs of a catalog whose rule is unusable."""
+
+# Counts at which a rule is evaluated to check it: every rule in use is periodic in n % 10 / n % 100
+# past a small n, so 0..199 plus a few large counts covers them.
+_PLURAL_PROBES = (*range(200), 1000, 1001, 10**6, 10**9)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_plural_forms(plural_forms: str) -> tuple[Callable[[int], int] | None, int, str | None]:
+    """``(rule, nplurals, error)``; catalogs share a handful of headers, so this is cached."""
+    m_n = re.search(r"nplurals\s*=\s*(\d+)", plural_forms)
+    m_p = re.search(r"plural\s*=\s*([^;]+)", plural_forms)
+    if not m_n or not m_p:
+        return None, 2, f"Plural-Forms {plural_forms!r} lacks nplurals=N or plural=EXPR"
+    nplurals = int(m_n.group(1))
+    try:
+        raw = gettext.c2py(m_p.group(1).strip())
+    except (ValueError, SyntaxError, RecursionError) as e:
+        return None, nplurals, f"Plural-Forms {plural_forms!r}: syntax error in the plural expression ({e})"
+    if nplurals < 1:
+        return None, nplurals, f"Plural-Forms {plural_forms!r}: nplurals must be at least 1"
+    for n in _PLURAL_PROBES:
+        try:
+            form = int(raw(n))
+        except (ArithmeticError, ValueError, RecursionError) as e:
+            return None, nplurals, f"Plural-Forms {plural_forms!r}: plural({n}) fails ({e})"
+        if not 0 <= form < nplurals:
+            return None, nplurals, f"Plural-Forms {plural_forms!r}: plural({n}) = {form} is not below nplurals={nplurals}"
+    return (lambda k: int(raw(k))), nplurals, None
+
+
+def plural_forms_error(plural_forms: str | None) -> str | None:
+    """Why a ``Plural-Forms`` header is unusable (syntax error, or a form index >= nplurals for some n);
+    None if it is valid or absent (no header: gettext's default ``n != 1`` applies)."""
+    return _parse_plural_forms(plural_forms)[2] if plural_forms else None
+
+
 def plural_rule(plural_forms: str | None) -> tuple[Callable[[int], int], int, bool]:
-    """``(n -> form index, nplurals, ok)`` from a ``Plural-Forms`` header; ``ok`` False if it fell back."""
+    """``(n -> form index, nplurals, ok)`` from a ``Plural-Forms`` header; ``ok`` False if it fell back
+    to gettext's default ``n != 1`` (no header, or an invalid one: ``plural_forms_error`` says why)."""
     if plural_forms:
-        m_n = re.search(r"nplurals\s*=\s*(\d+)", plural_forms)
-        m_p = re.search(r"plural\s*=\s*([^;]+)", plural_forms)
-        if m_n and m_p:
-            try:
-                rule = gettext.c2py(m_p.group(1).strip())
-                n = int(m_n.group(1))
-                return (lambda k: int(rule(k))), n, True
-            except (ValueError, SyntaxError, RecursionError):
-                pass
+        rule, nplurals, error = _parse_plural_forms(plural_forms)
+        if rule is not None:
+            return rule, nplurals, True
     return (lambda k: int(k != 1)), 2, False
 
 
@@ -388,12 +430,24 @@ class PairRow:
     plural_form: int | None
 
 
-def catalog_pairs(catalog: Catalog, *, include_fuzzy: bool = False, stats: Counter | None = None) -> Iterator[PairRow]:
-    """Apply the pairing policy of this module's docstring; count every decision in ``stats``."""
+def catalog_pairs(
+    catalog: Catalog, *, include_fuzzy: bool = False, stats: Counter | None = None, keep_invalid_plurals: bool = False
+) -> Iterator[PairRow]:
+    """Apply the pairing policy of this module's docstring; count every decision in ``stats``.
+
+    A catalog whose ``Plural-Forms`` is invalid (``Catalog.plural_error``) cannot say which form is
+    the singular: its plural entries are counted (``catalogs_invalid_plural_forms``,
+    ``skipped_invalid_plural_forms``) and not paired, or, with ``keep_invalid_plurals``, paired by
+    gettext's default rule for the caller to reject with reason ``invalid_plural_forms``.
+    """
     stats = stats if stats is not None else Counter()
     rule, nplurals, ok = plural_rule(catalog.plural_forms)
-    if not ok and any(e.msgid_plural is not None for e in catalog.entries):
+    invalid = catalog.plural_error is not None
+    has_plurals = any(e.msgid_plural is not None for e in catalog.entries)
+    if not ok and has_plurals:
         stats["plural_rule_fallback"] += 1
+    if invalid and has_plurals:
+        stats["catalogs_invalid_plural_forms"] += 1
     for e in catalog.entries:
         stats["entries"] += 1
         if e.is_header:
@@ -411,6 +465,9 @@ def catalog_pairs(catalog: Catalog, *, include_fuzzy: bool = False, stats: Count
                 continue
             stats["pairs"] += 1
             yield PairRow(e.msgid, e.msgstr[0], e.context, e.line, None)
+            continue
+        if invalid and not keep_invalid_plurals:
+            stats["skipped_invalid_plural_forms"] += 1
             continue
         emitted = 0
         for english, n in ((e.msgid, 1), (e.msgid_plural, 2)):

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +43,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
+from labse_core.evaluation.retrieval import text_retrieval_accuracy  # the registry gate's metric
 from labse_core.export import read_export_metadata
 
 log = logging.getLogger(__name__)
@@ -214,6 +218,78 @@ def registered_uri(name: str, alias: str | None = DEFAULT_ALIAS) -> str:
     return f"models:/{name}/latest"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to embed with: a local folder, and where it came from (for results and lineage)."""
+
+    folder: Path
+    """The exported model folder (what ``labse_core.embed.encode`` / ``resolve_model`` take)."""
+    uri: str
+    """What the user named: ``models:/labse@champion``, ``models:/labse/3`` or the folder's absolute path."""
+    name: str | None = None
+    """Registered model name (None for a plain folder)."""
+    version: str | None = None
+    """Registered version the URI resolved to (an alias moves; the version does not)."""
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+
+
+def _model_folder_in(root: Path) -> Path | None:
+    """The exported folder inside a downloaded pyfunc model (its ``artifacts/<name>/``)."""
+    hits = sorted(root.rglob("labse_export.json"), key=lambda p: (len(p.parts), str(p)))
+    return hits[0].parent if hits else None
+
+
+def resolve_model_source(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str]) -> ModelSource:
+    """A folder, or a registry URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest``)
+    whose version's artifacts are downloaded once into ``cache_dir/NAME/VERSION`` (a version's
+    artifacts never change, so the cache needs no invalidation). Uses the current MLflow tracking URI.
+    Raises ``ValueError`` with a one-line message for a missing folder, an unknown model or version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    text = str(ref)
+    if not text.startswith("models:/"):
+        folder = Path(text).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"model {text}: not a folder (give an exported model folder or models:/NAME@ALIAS)")
+        return ModelSource(folder=folder, uri=str(folder))
+    m = _MODELS_URI.match(text)
+    if m is None:
+        raise ValueError(f"model {text}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest")
+    name, alias, version = m["name"], m["alias"], m["version"]
+    client = MlflowClient()
+    try:
+        if alias is not None:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        elif version == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise ValueError(f"model {text}: registered model {name!r} has no versions")
+            version = str(max(int(v.version) for v in versions))
+        else:
+            client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ValueError(f"model {text}: {str(e).splitlines()[0]}") from None
+    target = Path(cache_dir) / name / version
+    folder = _model_folder_in(target) if target.is_dir() else None
+    if folder is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)  # complete downloads only: a crash leaves a dot-folder, not a half cache
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        folder = _model_folder_in(target)
+        if folder is None:
+            raise ValueError(f"model {text}: version {version} holds no exported model folder (labse_export.json)")
+    return ModelSource(folder=folder, uri=text, name=name, version=version)
+
+
 def load_registered(name_or_uri: str, alias: str | None = DEFAULT_ALIAS):
     """``mlflow.pyfunc.load_model`` for a registered model name (alias, else latest) or any model URI
     (``models:/...``, ``runs:/...``, a path)."""
@@ -223,6 +299,45 @@ def load_registered(name_or_uri: str, alias: str | None = DEFAULT_ALIAS):
 
 # ---------------------------------------------------------------------------------------------------
 # Registry: a new version per trained model; the alias moves only when the new one is better.
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """A model's numbers for the registry gate, measured on the same data for every model compared."""
+
+    primary: float
+    """The deciding metric: Tatoeba accuracy (mean of both directions) over the run's languages; the
+    held-out pair accuracy when no Tatoeba metric is given."""
+    secondary: float | None = None
+    """The tie-breaker: held-out pair retrieval accuracy (None when it is already the primary)."""
+
+
+TIE_TOLERANCE = 1e-9
+"""Metrics closer than this are a tie (both models are scored on the same sentences, so a real
+difference is at least one retrieval, 1/n)."""
+
+
+def gate_decision(new: GateScores, champion: GateScores | None, tol: float = TIE_TOLERANCE) -> tuple[bool, str]:
+    """Whether the new version takes the alias, and why. The rule, in order:
+
+    1. no champion yet: the new version becomes champion;
+    2. a higher primary metric wins, a lower one loses;
+    3. on a primary tie, the secondary metric decides the same way;
+    4. a tie on both: the new version is promoted (same quality, newer data and code; this is the
+       "at least as good" rule the registry has always followed).
+    """
+    if champion is None:
+        return True, "no champion yet"
+    if new.primary > champion.primary + tol:
+        return True, "higher primary metric"
+    if new.primary < champion.primary - tol:
+        return False, "lower primary metric"
+    if new.secondary is not None and champion.secondary is not None:
+        if new.secondary > champion.secondary + tol:
+            return True, "primary tie, higher held-out accuracy"
+        if new.secondary < champion.secondary - tol:
+            return False, "primary tie, lower held-out accuracy"
+    return True, "tie on both metrics: the newer version wins"
 
 
 @dataclass(frozen=True)
@@ -241,19 +356,14 @@ class Promotion:
     """The previous holder's accuracy on the same pairs, measured now."""
     promoted: bool
     """Whether the alias now points at the new version."""
-
-
-def text_retrieval_accuracy(embed: Callable[[list[str]], np.ndarray], pairs: Sequence[tuple[str, str]]) -> dict:
-    """Bidirectional retrieval accuracy over (source, target) text pairs, for any embedding function
-    (each model with its own tokenizer, so models with different vocabularies compare fairly)."""
-    import torch
-
-    from labse_core.finetune.train import retrieval_accuracy
-
-    src, tgt = [p[0] for p in pairs], [p[1] for p in pairs]
-    x = torch.from_numpy(np.asarray(embed(src), dtype=np.float32))
-    y = torch.from_numpy(np.asarray(embed(tgt), dtype=np.float32))
-    return retrieval_accuracy(x, y, src, tgt)
+    primary_name: str = "eval_acc"
+    """What the primary metric is (``tatoeba_mean`` in the pipeline)."""
+    primary: float | None = None
+    """The new version's primary metric."""
+    champion_primary: float | None = None
+    """The previous holder's primary metric, measured now on the same data."""
+    reason: str = ""
+    """Which rule of ``gate_decision`` decided."""
 
 
 def register_and_promote(
@@ -261,19 +371,30 @@ def register_and_promote(
     eval_pairs: Sequence[tuple[str, str]],
     name: str = "labse",
     alias: str = DEFAULT_ALIAS,
+    *,
+    primary: Callable[[Callable[[list[str]], np.ndarray]], float] | None = None,
+    primary_name: str = "tatoeba_mean",
+    candidate_primary: float | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    known_primaries: Mapping[str, float] | None = None,
 ) -> Promotion:
-    """Log ``model_dir`` into the active run, register it as a new version of ``name`` and move
-    ``alias`` (``models:/name@champion``) to it if no version holds the alias yet or if it retrieves
-    ``eval_pairs`` at least as well as the current holder does. Both are evaluated now, on the same
-    pairs (normally the new run's held-out split), so the comparison is fair even when the holder was
-    trained on other data; the loser keeps its place, and the new version gets alias ``challenger``
-    when it does not win. Version tags record both accuracies.
+    """Log ``model_dir`` into the active run, register it as a new version of ``name`` and move ``alias``
+    (``models:/name@champion``) to it when ``gate_decision`` says so; otherwise the new version is
+    ``@challenger`` and the holder keeps the alias.
+
+    ``primary``: the deciding metric as a function of an embedding function (the pipeline passes Tatoeba
+    accuracy over the run's languages); the holder is measured with it now, each model with its own
+    tokenizer, so the comparison is fair even when the holder was trained on other data.
+    ``candidate_primary``: the new version's value when the evaluation stage already measured it with
+    the same function. ``known_primaries``: {registered version: its primary value} measured in this process
+    with the same function (a version the pipeline registered minutes ago), so the holder is not measured
+    twice. The held-out pairs ``eval_pairs`` give the secondary metric (the primary one when
+    ``primary`` is None). Version tags record both numbers for both models and the rule that decided.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from labse_core.embed import encode
-    from labse_core.export import load_encoder
+    from labse_core.embed import encode, resolve_model
 
     if not eval_pairs:
         raise ValueError("register_and_promote needs held-out pairs to compare models on")
@@ -282,26 +403,43 @@ def register_and_promote(
         holder = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         holder = None
-    champion_acc = None
+
+    def scores(embed, known_primary: float | None = None) -> tuple[GateScores, float]:
+        acc = text_retrieval_accuracy(embed, eval_pairs)["eval/acc"]
+        if primary is None:
+            return GateScores(acc), acc
+        value = known_primary if known_primary is not None else primary(embed)
+        return GateScores(value, acc), acc
+
+    champion_scores, champion_acc = None, None
     if holder is not None:
-        champ = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-        champion_acc = text_retrieval_accuracy(lambda xs: champ.predict(xs), eval_pairs)["eval/acc"]
-    model = load_encoder(model_dir)
-    acc = text_retrieval_accuracy(lambda xs: encode(xs, model, progress=False), eval_pairs)["eval/acc"]
+        # The holder's own folder through labse_core.embed (its pooling, prefix and tokenizer).
+        cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="labse-gate-"))
+        src = resolve_model_source(f"models:/{name}/{holder.version}", cache)
+        champ = resolve_model(str(src.folder))
+        known = (known_primaries or {}).get(str(holder.version))
+        champion_scores, champion_acc = scores(lambda xs: encode(xs, champ, progress=False), known)
+    model = resolve_model(str(model_dir))
+    new_scores, acc = scores(lambda xs: encode(xs, model, progress=False), candidate_primary)
+    promoted, reason = gate_decision(new_scores, champion_scores)
     info = _log_encoder(model_dir, registered_model_name=name)
     version = str(info.registered_model_version)
-    promoted = champion_acc is None or acc >= champion_acc
-    client.set_model_version_tag(name, version, "eval_acc", f"{acc:.6f}")
-    client.set_model_version_tag(name, version, "eval_n", str(len(eval_pairs)))
+    tags = {"eval_acc": f"{acc:.6f}", "eval_n": str(len(eval_pairs)), "gate_primary_metric": primary_name if primary else "eval_acc",
+            "gate_decision": reason}
+    if primary is not None:
+        tags[primary_name] = f"{new_scores.primary:.6f}"
     if holder is not None:
-        client.set_model_version_tag(name, version, f"{alias}_version_compared", str(holder.version))
-        client.set_model_version_tag(name, version, f"{alias}_eval_acc", f"{champion_acc:.6f}")
+        tags |= {f"{alias}_version_compared": str(holder.version), f"{alias}_eval_acc": f"{champion_acc:.6f}"}
+        if primary is not None:
+            tags[f"{alias}_{primary_name}"] = f"{champion_scores.primary:.6f}"
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
     client.set_registered_model_alias(name, alias if promoted else "challenger", version)
-    log.info(
-        "%s version %s: accuracy %.4f vs %s %s; %s",
-        name, version, acc, alias, f"{champion_acc:.4f}" if champion_acc is not None else "none",
-        f"now @{alias}" if promoted else "@challenger",
-    )
+    log.info("%s version %s: %s %.4f vs %s %s; %s (%s)", name, version, primary_name if primary else "eval_acc",
+             new_scores.primary, alias, f"{champion_scores.primary:.4f}" if champion_scores else "none",
+             f"now @{alias}" if promoted else "@challenger", reason)
     return Promotion(
-        name, version, info.model_uri, acc, str(holder.version) if holder else None, champion_acc, promoted
+        name, version, info.model_uri, acc, str(holder.version) if holder else None, champion_acc, promoted,
+        primary_name if primary else "eval_acc", new_scores.primary,
+        champion_scores.primary if champion_scores else None, reason,
     )

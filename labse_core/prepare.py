@@ -7,23 +7,30 @@ A *row* is a plain dict with ``ROW_FIELDS`` (the columns of ``corpus_raw``). A *
 
     input pairs = clean + rejects (every reason in REJECT_REASONS)
 
-Order of decisions for one pair: reader rejects (the reader could not make a pair) ->
-``eval_overlap`` -> the filters of ``labse_core.text.filters`` in their documented order ->
-``duplicate`` / ``duplicate_existing`` -> ``source_cap``.
+Order of decisions for one pair: reader rejects (the reader could not make a pair, or a gettext
+plural form under an invalid ``Plural-Forms`` rule) -> ``same_language`` -> ``eval_overlap`` -> the
+filters of ``labse_core.text.filters`` in their documented order -> ``duplicate`` /
+``duplicate_existing`` -> ``source_cap``.
+
+Before any pair is read, a whole input can be skipped (``skip_reason``: an English-variant gettext
+catalog) or refused (``refuse_swapped_sides``: language ID on a sample says its two sides carry each
+other's labels; ``InputSpec.swap`` fixes that).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labse_core import langcodes
-from labse_core.gettext_catalog import catalog_pairs, locale_from_path, read_catalog
+from labse_core.gettext_catalog import INVALID_PLURAL_FORMS, catalog_pairs, locale_from_path, read_catalog
 from labse_core.readers import records as rec
+from labse_core.readers._files import decode, iter_lines, open_bytes, strip_compression, utf8_error
 from labse_core.readers.detect import detect_format
 from labse_core.readers.moses import read_moses_prefix
 from labse_core.readers.tatoeba import eval_sentences
@@ -43,6 +50,7 @@ from labse_core.text.normalize import (
 ROW_FIELDS = ("lang", "src_lang", "src_text", "tgt_text", "source", "origin", "line", "locale", "context")
 
 EVAL_OVERLAP = "eval_overlap"
+SAME_LANGUAGE = "same_language"
 DUPLICATE = "duplicate"
 DUPLICATE_EXISTING = "duplicate_existing"
 SOURCE_CAP = "source_cap"
@@ -54,6 +62,9 @@ REJECT_REASONS: dict[str, str] = {
     rec.DUPLICATE_LANGUAGE: "a TMX unit with two variants of the same language",
     rec.AMBIGUOUS_LANGUAGES: "a TMX unit with more than two languages and no pair requested",
     rec.UNKNOWN_LANGUAGE: "a language code that maps to no ISO 639 language",
+    INVALID_PLURAL_FORMS: "a plural form of a catalog whose Plural-Forms header is invalid (syntax error, or an "
+    "index >= nplurals): which form is the singular and which the plural cannot be known",
+    SAME_LANGUAGE: "both sides carry the same language (e.g. an English-variant catalog, en_GB): not a translation pair",
     EVAL_OVERLAP: "a side (normalized) is a sentence of a configured evaluation set (e.g. Tatoeba)",
     **flt.REASONS,
     DUPLICATE: "the same normalized pair (same language) was already kept; detail holds the kept pair's key",
@@ -78,7 +89,32 @@ class InputSpec(BaseModel):
     langs: tuple[str, str] | None = Field(
         None, description="(src, tgt) languages: TSV columns, the TMX pair to extract, a Moses pair."
     )
-    tsv_header: bool = Field(False, description="TSV: first line names the columns.")
+    tsv_header: bool = Field(False, description="TSV: the first line is a header (its src/tgt fields are language codes).")
+    tsv_columns: tuple[str, ...] = Field(
+        ("src", "tgt"),
+        description="TSV: name of every field in order; src and tgt required, src_lang/tgt_lang per-row languages, "
+        "any other name (score, id) is ignored. E.g. ('src', 'tgt', 'score').",
+    )
+    swap: bool = Field(
+        False, description="The two sides' language labels are the wrong way round: exchange the texts of every pair."
+    )
+
+    @field_validator("langs")
+    @classmethod
+    def _two_languages(cls, v: tuple[str, str] | None) -> tuple[str, str] | None:
+        if v is not None and langcodes.base_language(v[0]) == langcodes.base_language(v[1]):
+            raise ValueError(f"langs {','.join(v)}: both sides have the same language; a pair needs two languages")
+        return v
+
+    @field_validator("tsv_columns")
+    @classmethod
+    def _columns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        missing = [c for c in ("src", "tgt") if c not in v]
+        repeated = sorted({c for c in v if v.count(c) > 1})
+        if missing or repeated:
+            raise ValueError(f"columns {','.join(v)}: " + "; ".join(
+                [f"no {c} column" for c in missing] + [f"{c} named twice" for c in repeated]))
+        return v
 
     def resolved_format(self) -> str:
         fmt = detect_format(self.path) if self.format == "auto" else self.format
@@ -111,18 +147,40 @@ def _from_reject(r: rec.ReadReject, source: str) -> dict:
                       src_text=None, tgt_text=r.raw)
 
 
-def _gettext_rows(path: Path) -> Iterator[dict]:
-    catalog = read_catalog(path)
+def _gettext_locale(path: Path, catalog=None) -> str:
+    catalog = catalog or read_catalog(path)
     locale, _ = locale_from_path(path)
     if path.parent.name != "LC_MESSAGES":
         locale = catalog.language or locale
     if not locale:
         raise PrepareError(f"{path}: no language: not under <locale>/LC_MESSAGES/ and no 'Language:' header")
+    return locale
+
+
+def skip_reason(spec: InputSpec) -> str | None:
+    """Why an input is skipped as a whole, or None. A gettext catalog of an English variant (en_GB,
+    en@quot) holds English -> English pairs (``Maximize`` -> ``Maximise``): not translations, skipped
+    as the ingest stage skips them."""
+    if spec.resolved_format() != "gettext":
+        return None
+    locale = _gettext_locale(spec.path)
+    if langcodes.base_language(locale) == rec.ENGLISH:
+        return f"{spec.path}: an English-variant catalog ({locale}): English -> English pairs are not translations"
+    return None
+
+
+def _gettext_rows(path: Path) -> Iterator[dict]:
+    catalog = read_catalog(path)
+    locale = _gettext_locale(path, catalog)
     lang = langcodes.normalize(locale)
-    for p in catalog_pairs(catalog):
-        yield {"lang": lang, "src_lang": "en", "src_text": p.src_text, "tgt_text": p.tgt_text,
+    for p in catalog_pairs(catalog, keep_invalid_plurals=True):
+        row = {"lang": lang, "src_lang": "en", "src_text": p.src_text, "tgt_text": p.tgt_text,
                "source": f"gettext-{catalog.format}", "origin": str(path), "line": p.line, "locale": locale,
                "context": p.context}
+        if p.plural_form is not None and catalog.plural_error:
+            yield reject_row(INVALID_PLURAL_FORMS, catalog.plural_error, **row)
+        else:
+            yield row
 
 
 def iter_input(spec: InputSpec) -> Iterator[dict]:
@@ -130,13 +188,14 @@ def iter_input(spec: InputSpec) -> Iterator[dict]:
     for an input that cannot be read at all (unequal Moses sides, broken XML, malformed .po)."""
     fmt = spec.resolved_format()
     if fmt == "gettext":
-        yield from _gettext_rows(spec.path)
+        if skip_reason(spec) is None:
+            yield from _gettext_rows(spec.path)
         return
     if fmt == "moses":
         it: Iterable = read_moses_prefix(_moses_prefix(spec.path), spec.langs)
     elif fmt == "tsv":
         src, tgt = spec.langs or (None, None)
-        it = read_tsv(spec.path, TsvFormat(header=spec.tsv_header), src_lang=src, tgt_lang=tgt)
+        it = read_tsv(spec.path, TsvFormat(columns=spec.tsv_columns, header=spec.tsv_header), src_lang=src, tgt_lang=tgt)
     elif fmt == "tmx":
         it = read_tmx(spec.path, spec.langs)
     else:  # pragma: no cover - resolved_format only returns the formats above
@@ -144,8 +203,74 @@ def iter_input(spec: InputSpec) -> Iterator[dict]:
     for item in it:
         if isinstance(item, rec.ReadReject):
             yield _from_reject(item, fmt)
+        elif spec.swap:
+            yield _row(rec.orient_english_source(replace(item, src_text=item.tgt_text, tgt_text=item.src_text)))
         else:
             yield _row(rec.orient_english_source(item))
+
+
+# ------------------------------------------------------------------------------------------------
+# language labels: are the two sides what the input says they are?
+
+
+class LabelCheck(BaseModel):
+    """Language ID on both sides of a sample of one input's pairs."""
+
+    sampled: int = Field(description="Pairs whose both sides the model identified confidently.")
+    as_labelled: int = Field(description="... whose src reads as src_lang and tgt as lang.")
+    swapped: int = Field(description="... whose src reads as lang and tgt as src_lang.")
+    example: str | None = Field(None, description="One swapped pair: origin:line, src / tgt, the labels.")
+
+
+def check_labels(spec: InputSpec, sample: int = 200, min_confidence: float = 0.9) -> LabelCheck:
+    """Identify the language of both sides of the first ``sample`` pairs of ``spec`` (as it would be
+    read, ``swap`` included) and count pairs read as labelled and pairs read the other way round.
+    Only confident predictions on both sides count (short UI strings are often ambiguous)."""
+    from labse_core.text.langid import get_langid
+
+    rows = []
+    for r in iter_input(spec):
+        if "reason" not in r and r["src_text"] and r["tgt_text"]:
+            rows.append(r)
+            if len(rows) >= sample:
+                break
+    if not rows:
+        return LabelCheck(sampled=0, as_labelled=0, swapped=0)
+    lid = get_langid()
+    tops = lid.top([t for r in rows for t in (r["src_text"], r["tgt_text"])])
+    sampled = as_labelled = swapped = 0
+    example = None
+    for i, r in enumerate(rows):
+        (src_label, p_src), (tgt_label, p_tgt) = tops[2 * i], tops[2 * i + 1]
+        want_src, want_tgt = lid.accepted(r["src_lang"]), lid.accepted(r["lang"])
+        if want_src is None or want_tgt is None or min(p_src, p_tgt) < min_confidence:
+            continue
+        sampled += 1
+        if src_label in want_src and tgt_label in want_tgt:
+            as_labelled += 1
+        elif src_label in want_tgt and tgt_label in want_src:
+            swapped += 1
+            if example is None:
+                example = (f"{r['origin']}:{r['line']}: {r['src_text'][:40]!r} labelled {r['src_lang']} reads as "
+                           f"{src_label}, {r['tgt_text'][:40]!r} labelled {r['lang']} reads as {tgt_label}")
+    return LabelCheck(sampled=sampled, as_labelled=as_labelled, swapped=swapped, example=example)
+
+
+def refuse_swapped_sides(spec: InputSpec, sample: int = 200) -> LabelCheck:
+    """Raise ``PrepareError`` with the evidence when most confidently identified pairs of a sample
+    read the other way round from their labels (``--langs de,en`` on an en/de file). The user fixes
+    the labels, or passes ``--swap``. Gettext catalogs are not checked: msgid is English by format."""
+    if spec.resolved_format() == "gettext":
+        return LabelCheck(sampled=0, as_labelled=0, swapped=0)
+    check = check_labels(spec, sample)
+    # At least 10 confident pairs and swapped ones the clear majority: a few noisy pairs never trip it.
+    if check.sampled >= 10 and check.swapped > max(check.as_labelled, check.sampled // 2):
+        hint = "the labels were already swapped (drop --swap)" if spec.swap else "pass --swap (or fix --langs)"
+        raise PrepareError(
+            f"{spec.path}: the two sides look swapped: {check.swapped} of {check.sampled} sampled pairs read the "
+            f"other way round from their language labels, e.g. {check.example}; {hint}"
+        )
+    return check
 
 
 def _moses_prefix(path: Path) -> Path:
@@ -159,20 +284,51 @@ def _moses_prefix(path: Path) -> Path:
 # evaluation sets
 
 
+def eval_set_texts(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Every sentence of one evaluation set, by its kind: a Tatoeba v1 folder (both sides of every
+    language), a TMX file (every variant of every unit) or a TSV file (every field), else a text
+    file with one sentence per line (plain or .gz). Raises ``PrepareError`` naming the file and line
+    for text that is not UTF-8 and for a file that is not there."""
+    p = Path(path)
+    if p.is_dir():
+        yield from (text for _, text in eval_sentences(p))
+        return
+    if not p.is_file():
+        raise PrepareError(f"evaluation set {p} does not exist")
+    kind = {".tmx": "tmx", ".tsv": "tsv"}.get(Path(strip_compression(p.name)).suffix.lower(), "lines")
+    if kind == "tmx":
+        for item in read_tmx(p):
+            if isinstance(item, rec.ReadReject):
+                raise PrepareError(f"evaluation set {p}:{item.line}: {item.reason} ({item.detail})")
+            yield item.src_text
+            yield item.tgt_text
+        return
+    with open_bytes(p) as f:
+        for lineno, raw in enumerate(iter_lines(f, p), 1):
+            try:
+                text = decode(raw)
+            except UnicodeDecodeError as e:
+                raise PrepareError(f"evaluation set {p}:{lineno}: not UTF-8 text ({utf8_error(e)})") from None
+            yield from (text.split("\t") if kind == "tsv" else (text,))
+
+
+def check_eval_sets(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Read every evaluation set file once on the driver, so that a bad one is a one-line error
+    (``path:line: ...``) before any worker starts. Folders (Tatoeba) are checked by their reader."""
+    for p in map(Path, paths):
+        if not p.is_dir():
+            for _ in eval_set_texts(p):
+                pass
+
+
 def load_eval_keys(paths: Sequence[str | os.PathLike[str]], norm: NormalizeConfig | None = None) -> frozenset[str]:
-    """Sentence keys of every evaluation sentence: a Tatoeba v1 folder (both sides of every language)
-    or a text file with one sentence per line. Keys are taken after the same normalization as the
-    training text, so a pair is caught whatever its accelerators, spacing or Unicode form."""
+    """Sentence keys of every evaluation sentence (``eval_set_texts``). Keys are taken after the
+    same normalization as the training text, so a pair is caught whatever its accelerators,
+    spacing or Unicode form."""
     norm = norm or NormalizeConfig()
     keys: set[str] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            texts: Iterable[str] = (text for _, text in eval_sentences(p))
-        elif p.is_file():
-            texts = p.read_text(encoding="utf-8").splitlines()
-        else:
-            raise PrepareError(f"evaluation set {p} does not exist")
-        for t in texts:
+    for p in paths:
+        for t in eval_set_texts(p):
             k = normalize_text(t, norm)
             if k:
                 keys.add(sentence_key(k))
@@ -200,6 +356,11 @@ def process_batch(rows: Sequence[dict], rules: PrepareRules, eval_keys: frozense
     for r in rows:
         if "reason" in r:  # already a reader reject
             rejects.append(r)
+            continue
+        if r["src_lang"] and r["lang"] and r["src_lang"].split("-")[0] == r["lang"].split("-")[0]:  # canonical codes
+            # Whatever let it through (a per-row language column, a TMX pair of variants), an
+            # en -> en pair is not a translation.
+            rejects.append(reject_row(SAME_LANGUAGE, f"{r['src_lang']} -> {r['lang']}", **r))
             continue
         src = normalize_text(r["src_text"], rules.normalize)
         tgt = normalize_text(r["tgt_text"], rules.normalize)

@@ -23,6 +23,27 @@ class DatasetCountError(RuntimeError):
     """The files written do not hold the rows the producer counted."""
 
 
+class EmptyReplaceError(RuntimeError):
+    """Publishing would replace a dataset that has rows with one that has none."""
+
+
+def check_replace(layout: Layout, spec: DatasetSpec, new_rows: int, *, replace_empty: bool = False) -> int:
+    """Rows of the published version that a new version with ``new_rows`` rows would replace.
+
+    An empty version never silently replaces a non-empty one (a run whose inputs all failed, or a
+    filter set too tight, would otherwise wipe the corpus): that needs ``replace_empty``. A stage
+    publishing several datasets calls this for each before publishing any of them.
+    """
+    old = current_manifest(layout, spec)
+    old_rows = old.rows if old is not None else 0
+    if new_rows == 0 and old_rows > 0 and not replace_empty:
+        raise EmptyReplaceError(
+            f"dataset {spec.name!r}: this run produced 0 rows and would replace the {old_rows:,} rows published "
+            f"in {layout.dataset_dir(spec.relpath)}; nothing published (--replace-empty publishes the empty version)"
+        )
+    return old_rows
+
+
 def partition_path(spec: DatasetSpec, values: dict[str, str]) -> str:
     """``lang=de`` style relative folder for a partition; values must not contain a path separator."""
     parts = []
@@ -58,6 +79,7 @@ class DatasetWriter:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.final = layout.dataset_dir(spec.relpath)
         self.staging = layout.staging / f"{spec.name}-{self.run_id}"
+        self.replaced_rows = 0
 
     def begin(self) -> DatasetWriter:
         if self.staging.exists():
@@ -74,11 +96,14 @@ class DatasetWriter:
         producer: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
         expected_rows: int | None = None,
+        replace_empty: bool = False,
     ) -> Manifest:
         """Write the manifest into the staging folder and swap it into place (replacing any old version).
 
         ``expected_rows``: what the producer counted; if the files hold a different number the
-        dataset is not published (``DatasetCountError``) and the old version stays.
+        dataset is not published (``DatasetCountError``) and the old version stays. An empty version
+        replaces a non-empty one only with ``replace_empty`` (``EmptyReplaceError``). Afterwards
+        ``replaced_rows`` holds the row count of the version that was replaced (0 if none).
         """
         manifest = build_manifest(self.spec, self.staging, producer=producer, stats=stats)
         if expected_rows is not None and manifest.rows != expected_rows:
@@ -86,6 +111,7 @@ class DatasetWriter:
                 f"dataset {self.spec.name!r}: files in {self.staging} hold {manifest.rows} rows, "
                 f"the producer counted {expected_rows}; not published"
             )
+        self.replaced_rows = check_replace(self.layout, self.spec, manifest.rows, replace_empty=replace_empty)
         write_manifest(self.staging, manifest)
         swap_into_place(self.staging, self.final)
         return manifest

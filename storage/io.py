@@ -1,5 +1,6 @@
 """Crash-safe writes: everything is written to a temporary name in the target folder, flushed,
-fsynced and renamed into place, so a final name never points at a half-written file.
+fsynced and renamed into place, so a final name never points at a half-written file or folder
+(``atomic_path`` for a file, ``atomic_dir`` / ``publish_dir`` for a folder).
 """
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,15 @@ from storage.schemas import DatasetSpec, check_table
 PARQUET_COMPRESSION = "zstd"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it to ``final`` (atomic on POSIX).
@@ -29,6 +41,7 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the published file gets what open() would give
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,6 +62,56 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; on success publish it as ``final``
+    (``publish_dir``: replacing an older folder of that name). On an exception the temporary folder
+    is removed and ``final`` is left as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the published folder gets what mkdir() would give
+    try:
+        yield tmp
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish_dir(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Rename the finished folder ``tmp`` into place as ``final`` (same filesystem).
+
+    Every file under ``tmp`` is fsynced first, so the renamed folder never holds unwritten data after
+    a crash. An existing ``final`` is renamed aside, then ``tmp`` renamed in, then the old one
+    deleted: readers see the old folder or the new one, never a mixture (and for an instant none).
+    If the second rename fails, the old folder is put back.
+    """
+    tmp, final = Path(tmp), Path(final)
+    _fsync_tree(tmp)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(root)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

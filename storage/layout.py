@@ -13,6 +13,7 @@
       mlflow/mlflow.db           MLflow tracking + model registry (sqlite)
       mlflow/artifacts/          MLflow artifacts
       prefect/                   PREFECT_HOME for the embedded (ephemeral) Prefect API
+      checkpoints/<stage>/<run>/ a training run: step-N/ (resumable state), final/, best/ (fine-tuning)
       runs/                      per-run scratch (logs, plots) before they are logged
 
 Nothing here creates directories on import; ``Layout.ensure()`` does.
@@ -104,12 +105,29 @@ class Layout:
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 
+    # -- training ---------------------------------------------------------------------------
+    def checkpoints(self, stage: str, run_name: str) -> Path:
+        """A training run's folder: ``step-N/`` checkpoints and its outputs (``final/``, ``best/``);
+        ``stage`` is ``pretrain`` or ``finetune``, ``run_name`` the config's."""
+        return self.home / "checkpoints" / stage / run_name
+
     @property
     def runs(self) -> Path:
         return self.home / "runs"
 
     def run_dir(self, run_id: str) -> Path:
+        """Scratch of one MLflow/Prefect run (plots, logs) before they are logged."""
         return self.runs / run_id
+
+    @property
+    def model_cache(self) -> Path:
+        """Registered model versions downloaded to embed with (``NAME/VERSION/``); versions never change."""
+        return self.home / "cache" / "models"
+
+    def imported_model(self, name: str) -> Path:
+        """A pretrained encoder imported as a model folder (``labse import-encoder``), e.g.
+        ``models/multilingual-e5-small``."""
+        return self.home / "models" / name
 
     def ensure(self) -> Layout:
         for d in (self.lake, self.staging, self.mlflow_dir, self.mlflow_artifacts, self.prefect_home, self.runs):

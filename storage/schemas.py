@@ -205,8 +205,70 @@ SHARD_MLM = DatasetSpec(
     ),
 )
 
+_UTC_TIME = pa.timestamp("us", tz="UTC")
+
+EVAL_RESULTS = DatasetSpec(
+    name="eval_results",
+    relpath="eval/results",
+    description=(
+        "Evaluation metrics, one row per (run, eval set, split, scope, language, direction, metric); every "
+        "evaluation run appends its rows (labse_core.evaluation.results). scope: 'language' (language = a "
+        "code), 'group' (language = a group such as xtreme36, all112, trained) or 'set' (whole set)."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("eval_set", pa.string(), nullable=False),  # partition: tatoeba-v1, bucc-gettext, ...
+            pa.field("run_id", pa.string(), nullable=False),  # the evaluation run (its MLflow run id when tracked)
+            pa.field("created_at", _UTC_TIME, nullable=False),
+            pa.field("model_uri", pa.string(), nullable=False),  # models:/labse@champion, models:/labse/3 or a folder
+            pa.field("model_version", pa.string(), nullable=True),  # registry version; null for a plain folder
+            pa.field("split", pa.string(), nullable=False),  # test, dev, ...
+            pa.field("scope", pa.string(), nullable=False),  # language | group | set
+            pa.field("language", pa.string(), nullable=False),  # code, group name, or '*' for scope 'set'
+            pa.field("direction", pa.string(), nullable=False),  # xx->en, en->xx, both, src->tgt ...
+            pa.field("metric", pa.string(), nullable=False),  # accuracy, f1, precision, recall, xsim_error, ...
+            pa.field("value", pa.float64(), nullable=False),
+            pa.field("n", pa.int64(), nullable=False),  # sentences (language scope) or languages (group scope)
+        ]
+    ),
+    partition_by=("eval_set",),
+    sort_by=("run_id", "split", "scope", "language", "direction", "metric"),
+)
+
+MINED = DatasetSpec(
+    name="mined",
+    relpath="mined",
+    description=(
+        "Bitext mined from two monolingual inputs with the margin criterion (labse_core.mining): one row per "
+        "pair kept after the threshold and the data pipeline's filters and dedupe; each mining run appends."
+    ),
+    schema=pa.schema(
+        [
+            pa.field("src_lang", pa.string(), nullable=False),  # partition
+            pa.field("tgt_lang", pa.string(), nullable=False),  # partition
+            pa.field("src_text", pa.string(), nullable=False),
+            pa.field("tgt_text", pa.string(), nullable=False),
+            pa.field("src_index", pa.int64(), nullable=False),  # row of the sentence in its input
+            pa.field("tgt_index", pa.int64(), nullable=False),
+            pa.field("cosine", pa.float32(), nullable=False),
+            pa.field("margin", pa.float32(), nullable=False),  # margin score (ratio by default) the threshold applies to
+            pa.field("mode", pa.string(), nullable=False),  # retrieval mode: forward, backward, intersection, max
+            pa.field("pair_key", pa.string(), nullable=False),  # labse_core.prepare.pair_key: the dedupe key
+            pa.field("src_origin", pa.string(), nullable=True),  # input file or dataset of the source side
+            pa.field("tgt_origin", pa.string(), nullable=True),
+            pa.field("model_uri", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=True),
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("created_at", _UTC_TIME, nullable=False),
+        ]
+    ),
+    partition_by=("src_lang", "tgt_lang"),
+    sort_by=("run_id", "src_index", "tgt_index"),
+)
+
 DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec for spec in (RAW_PAIRS, CLEAN_PAIRS, REJECTS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM)
+    spec.name: spec
+    for spec in (RAW_PAIRS, CLEAN_PAIRS, REJECTS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM, EVAL_RESULTS, MINED)
 }
 
 

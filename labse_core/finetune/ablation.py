@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from labse_core.finetune.train import FinetuneConfig, FinetuneResult, run
 from storage.layout import Layout
@@ -32,10 +32,11 @@ from storage.layout import Layout
 @dataclass(frozen=True)
 class Arm:
     name: str
-    """"margin=<m>,init=<pretrained|random>"."""
+    """"margin=<m>,init=<random|pretrained|imported>"."""
     margin: float
     init: str
-    """"pretrained" or "random"."""
+    """"random", "pretrained" (our MLM+TLM encoder) or "imported" (a pretrained model such as the
+    multilingual-e5 of `labse import-encoder`)."""
     config: FinetuneConfig
 
     @property
@@ -44,25 +45,41 @@ class Arm:
         return f"margin_{self.margin}.{self.init}"
 
 
+IMPORTED_RECIPE = ("lr", "warmup_steps", "dropout", "freeze_word_embeddings", "freeze_layers", "max_len")
+"""Fields an `imported` arm takes from its own recipe (`e5_cpu`) rather than from `base`: a tiny
+encoder trained from scratch wants lr 1e-3, which would wipe out a pretrained e5 in a few steps."""
+
+
 def ablation_arms(
     base: FinetuneConfig,
     pretrained: str | None,
     margins: Sequence[float] = (0.0, 0.3),
     train_fraction: float = 0.2,
+    imported: str | None = None,
 ) -> list[Arm]:
     """One arm per (init, margin): random init always, warm start from `pretrained` (a pretraining
-    `final/`, HF BERT or exported model folder) when given. Arms differ from `base` only in margin,
-    init_from, run_name, and share train_fraction; no resume, no final/ export, no start evaluation."""
+    `final/`, HF BERT or exported model folder) and from `imported` (an imported pretrained model
+    folder, e.g. multilingual-e5-small) when given. Arms differ from `base` only in margin,
+    init_from, run_name (and, for `imported`, the IMPORTED_RECIPE fields of `e5_cpu`), and share
+    train_fraction, steps, seed and held-out pairs; no resume, no final/ export, no start evaluation."""
+    from labse_core.finetune.train import e5_cpu
+
     if not margins:
         raise ValueError("an ablation needs at least one margin")
-    inits = {"random": None} | ({"pretrained": pretrained} if pretrained else {})
+    inits = (
+        {"random": None}
+        | ({"pretrained": pretrained} if pretrained else {})
+        | ({"imported": imported} if imported else {})
+    )
+    recipe = e5_cpu()
     arms = []
     for init_name, init_from in inits.items():
+        own = {k: getattr(recipe, k) for k in IMPORTED_RECIPE} if init_name == "imported" else {}
         for m in margins:
             cfg = base.model_copy(
-                update={
+                update=own | {
                     "run_name": f"{base.run_name}-ablation-m{m}-{init_name}",
-                    "margin": float(m),
+                    "loss": replace(base.loss, margin=float(m)),
                     "init_from": init_from,
                     "train_fraction": train_fraction,
                     "resume": False,

@@ -1,6 +1,7 @@
-"""The LaBSE encoder: a BERT transformer plus LaBSE's pooling.
+"""The LaBSE encoder: a BERT transformer plus a sentence pooling.
 
-    sentence embedding = normalize(tanh(W h_[CLS] + b))
+    pooling "cls"  (LaBSE):  sentence embedding = normalize(tanh(W h_[CLS] + b))
+    pooling "mean" (e5):     sentence embedding = normalize(sum_t m_t h_t / sum_t m_t)   m = attention mask
 
 Feng et al. 2022 ("Language-agnostic BERT Sentence Embedding") use the [CLS] hidden state of the
 last layer, passed through BERT's pooler (dense + tanh), and l2-normalize it so that the dot product
@@ -9,6 +10,10 @@ CLS pooling -> Dense(tanh) -> Normalize, so `.bert` and `.pooler_dense` export 1
 
 The transformer itself is `transformers.BertModel` built without its own pooler: we own the pooler
 (`pooler_dense`) so that the pooling is visible here and not hidden behind `pooler_output`.
+
+Mean pooling is what multilingual-e5 (and most sentence-transformers models) use; it has no pooler
+weights (`pooler_dense` is None). Such models also expect an input prefix (e5: ``"query: "``), kept in
+`EncoderConfig.input_prefix` so that every path that embeds text (encode, fine-tuning, export) uses it.
 
 Sizes are named presets (`tiny`, `small`, `base`), plain functions returning an `EncoderConfig`;
 `base` is the LaBSE geometry (BERT-base: 12 layers, 768 hidden, 12 heads, 3072 FFN, 501,153 vocab).
@@ -32,9 +37,13 @@ LABSE_VOCAB_SIZE = 501_153
 """LaBSE's wordpiece vocabulary (Feng et al., Sec. 3.1: 501,153 tokens over 109 languages)."""
 
 
+POOLINGS = ("cls", "mean")
+"""Sentence poolings: "cls" = LaBSE ([CLS] -> dense + tanh), "mean" = masked mean of the last layer (e5)."""
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Geometry of the BERT transformer under the LaBSE pooling. Defaults are LaBSE (BERT-base)."""
+    """Geometry of the BERT transformer, its pooling and input prefix. Defaults are LaBSE (BERT-base)."""
 
     vocab_size: int = LABSE_VOCAB_SIZE
     """Number of wordpiece ids; must equal the tokenizer's vocabulary size."""
@@ -61,11 +70,19 @@ class EncoderConfig:
     initializer_range: float = 0.02
     """Std of the truncated-normal-like init of all weights (BERT: 0.02)."""
     pad_token_id: int = 0
-    """Id of [PAD]; its embedding row is zero-initialised (BERT wordpiece: 0)."""
+    """Id of [PAD]; its embedding row is zero-initialised (BERT wordpiece: 0; XLM-R / e5: 1)."""
+    pooling: str = "cls"
+    """Sentence pooling, one of POOLINGS: "cls" (LaBSE: [CLS] -> dense + tanh) or "mean" (masked mean
+    over all tokens, specials included, as multilingual-e5). Both are followed by L2 normalization."""
+    input_prefix: str = ""
+    """Text prepended to every sentence before tokenization (e5: "query: "); "" for LaBSE. The model
+    was trained with it, so encode, fine-tuning and every export loader must add it too."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads != 0:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     @property
     def head_dim(self) -> int:
@@ -138,7 +155,8 @@ def to_bert_config(cfg: EncoderConfig) -> BertConfig:
     )
 
 
-def from_bert_config(bc: BertConfig) -> EncoderConfig:
+def from_bert_config(bc: BertConfig, pooling: str = "cls", input_prefix: str = "") -> EncoderConfig:
+    """The geometry of a BertConfig; pooling and prefix are not in it, the caller knows them."""
     return EncoderConfig(
         vocab_size=bc.vocab_size,
         hidden_size=bc.hidden_size,
@@ -153,6 +171,8 @@ def from_bert_config(bc: BertConfig) -> EncoderConfig:
         layer_norm_eps=bc.layer_norm_eps,
         initializer_range=bc.initializer_range,
         pad_token_id=bc.pad_token_id if bc.pad_token_id is not None else 0,
+        pooling=pooling,
+        input_prefix=input_prefix,
     )
 
 
@@ -169,11 +189,12 @@ def _fresh_pooler(d: int, std: float) -> nn.Linear:
 
 
 class LabseEncoder(nn.Module):
-    """BERT + [CLS] -> dense + tanh -> l2-normalize.
+    """BERT + pooling (LaBSE: [CLS] -> dense + tanh; e5: masked mean) -> l2-normalize.
 
     Build a fresh model with `LabseEncoder(cfg)`, wrap an existing `BertModel` with
     `LabseEncoder.from_bert(bert)`, or warm start from a checkpoint directory with
-    `LabseEncoder.from_pretrained_bert(path)`.
+    `LabseEncoder.from_pretrained_bert(path)`. With ``cfg.pooling == "mean"`` there is no pooler
+    (`pooler_dense` is None).
     """
 
     def __init__(
@@ -182,31 +203,48 @@ class LabseEncoder(nn.Module):
         *,
         bert: BertModel | None = None,
         pooler_dense: nn.Linear | None = None,
+        pooling: str = "cls",
+        input_prefix: str = "",
     ):
+        """``pooling`` / ``input_prefix``: for a wrapped ``bert`` only (a fresh model takes them from cfg)."""
         super().__init__()
         if (cfg is None) == (bert is None):
             raise ValueError("pass exactly one of cfg (fresh model) or bert (wrap an existing BertModel)")
         if bert is None:
             bert = BertModel(to_bert_config(cfg), add_pooling_layer=False)
-        elif bert.pooler is not None:
-            # Our pooler is pooler_dense; a second one inside BertModel would be dead weight that DDP
-            # complains about (parameters that receive no gradient).
-            if pooler_dense is None:
-                pooler_dense = bert.pooler.dense
-            bert.pooler = None
-        self.cfg = cfg if cfg is not None else from_bert_config(bert.config)
+        else:
+            cfg = from_bert_config(bert.config, pooling=pooling, input_prefix=input_prefix)
+            if bert.pooler is not None:
+                # Our pooler is pooler_dense; a second one inside BertModel would be dead weight that
+                # DDP complains about (parameters that receive no gradient).
+                if pooler_dense is None and cfg.pooling == "cls":
+                    pooler_dense = bert.pooler.dense
+                bert.pooler = None
+        self.cfg = cfg
         self.bert = bert
         d = self.cfg.hidden_size
-        if pooler_dense is None:
-            pooler_dense = _fresh_pooler(d, self.cfg.initializer_range)
-        if tuple(pooler_dense.weight.shape) != (d, d):
-            raise ValueError(f"pooler_dense must be ({d}, {d}), got {tuple(pooler_dense.weight.shape)}")
+        if self.cfg.pooling == "mean":
+            if pooler_dense is not None:
+                raise ValueError("mean pooling has no pooler; do not pass pooler_dense")
+        else:
+            if pooler_dense is None:
+                pooler_dense = _fresh_pooler(d, self.cfg.initializer_range)
+            if tuple(pooler_dense.weight.shape) != (d, d):
+                raise ValueError(f"pooler_dense must be ({d}, {d}), got {tuple(pooler_dense.weight.shape)}")
         self.pooler_dense = pooler_dense
 
     @classmethod
-    def from_bert(cls, bert: BertModel, pooler_dense: nn.Linear | None = None) -> LabseEncoder:
-        """Wrap an existing BertModel. Its own pooler (if any) becomes `pooler_dense`."""
-        return cls(bert=bert, pooler_dense=pooler_dense)
+    def from_bert(
+        cls,
+        bert: BertModel,
+        pooler_dense: nn.Linear | None = None,
+        *,
+        pooling: str = "cls",
+        input_prefix: str = "",
+    ) -> LabseEncoder:
+        """Wrap an existing BertModel. With "cls" pooling its own pooler (if any) becomes `pooler_dense`;
+        with "mean" pooling a pooler it may carry is dropped."""
+        return cls(bert=bert, pooler_dense=pooler_dense, pooling=pooling, input_prefix=input_prefix)
 
     @classmethod
     def from_pretrained_bert(cls, path: str | Path) -> LabseEncoder:
@@ -216,8 +254,13 @@ class LabseEncoder(nn.Module):
         is exactly BERT's pooler followed by normalization. Checkpoints saved without a pooler (e.g. an
         MLM-only pretraining run, or `BertModel(add_pooling_layer=False)`) are fine: the pooler is then
         freshly initialised (std `initializer_range`) and logged, not an error, because the dual-encoder
-        stage trains it from scratch anyway.
+        stage trains it from scratch anyway. A folder whose ``labse_export.json`` records mean
+        pooling (an imported e5) keeps it, and its input prefix: there is no pooler to initialise.
         """
+        saved = _saved_pooling(Path(path))
+        if saved is not None and saved[0] == "mean":
+            bert = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+            return cls(bert=bert, pooling="mean", input_prefix=saved[1])
         bert, info = BertModel.from_pretrained(
             str(path), local_files_only=True, add_pooling_layer=True, output_loading_info=True
         )
@@ -297,9 +340,38 @@ class LabseEncoder(nn.Module):
     ) -> torch.Tensor:
         """Unit-norm sentence embeddings. input_ids, attention_mask: (B, T) -> (B, D)."""
         h = self.token_states(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, D)
+        return self.pool(h, attention_mask)  # (B, D)
+
+    def pool(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer states (B, T, D) -> unit-norm sentence embeddings (B, D), per cfg.pooling."""
+        if self.cfg.pooling == "mean":
+            return F.normalize(mean_pool(h, attention_mask), p=2, dim=-1)  # (B, D)
         cls = h[:, 0]  # (B, D) [CLS] is always position 0, so right padding never touches it
         pooled = torch.tanh(self.pooler_dense(cls))  # (B, D)
         return F.normalize(pooled, p=2, dim=-1)  # (B, D)
+
+
+def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over the sequence: (B, T, D), (B, T) -> (B, D). Padding contributes nothing; the
+    specials (<s>, </s>) count as tokens, as in e5 and sentence-transformers' mean pooling."""
+    m = attention_mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)  # (B, D)
+
+
+def _saved_pooling(folder: Path) -> tuple[str, str] | None:
+    """(pooling, input_prefix) recorded in an exported folder's labse_export.json ("encoder_config")
+    or a pretraining final/'s labse_encoder.json (the EncoderConfig), or None.
+
+    Read here rather than through labse_core.export (which imports this module)."""
+    import json
+
+    for name, key in (("labse_export.json", "encoder_config"), ("labse_encoder.json", None)):
+        path = folder / name
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved = saved.get(key, {}) if key else saved
+            return saved.get("pooling", "cls"), saved.get("input_prefix", "")
+    return None
 
 
 def _read_state(folder: Path) -> dict[str, torch.Tensor]:

@@ -31,6 +31,10 @@ the transformers ``BertModel`` modules. That also skips transformers' per-call m
 output bookkeeping (noticeable for small models on CPU). Activation and LayerNorm eps are those of
 the modules themselves, so whatever ``hidden_act`` the model was built with is what runs here.
 
+Mean pooling (``encoder.cfg.pooling == "mean"``, e5) reads every row of the last layer, so there the
+last layer runs in full like the others and the embedding is the masked mean of its rows; the saving
+is then only transformers' per-call overhead.
+
 Inference only: in train mode (dropout), with autograd recording, and for BertModel configurations
 this module does not implement (decoder, cross-attention, non-absolute positions, no layers),
 ``fast_embed`` returns ``encoder(input_ids, attention_mask)`` instead. Works on CPU and CUDA, in fp32
@@ -44,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-from labse_core.model.encoder import LabseEncoder
+from labse_core.model.encoder import LabseEncoder, mean_pool
 
 
 def fast_path_unsupported(encoder: LabseEncoder) -> str | None:
@@ -125,7 +129,7 @@ def _last_layer_cls(layer: BertLayer, h: torch.Tensor, keep: torch.Tensor) -> to
 def fast_embed(encoder: LabseEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Unit-norm sentence embeddings, equal to ``encoder(input_ids, attention_mask)`` to float rounding.
 
-    input_ids, attention_mask: (B, T), [CLS] at position 0 and not masked (so every sentence attends
+    input_ids, attention_mask: (B, T), right-padded, [CLS] (or <s>) at position 0 and not masked (so every sentence attends
     to at least one token); token_type_ids are all 0 and position ids 0..T-1, as in
     ``LabseEncoder.forward`` without them. Returns (B, D). Falls back to
     ``encoder(input_ids, attention_mask)`` when ``fast_path_unsupported(encoder)`` gives a reason.
@@ -138,6 +142,9 @@ def fast_embed(encoder: LabseEncoder, input_ids: torch.Tensor, attention_mask: t
     *layers, last = bert.encoder.layer
     for layer in layers:
         h = _layer(layer, h, keep)  # (B, T, D)
+    if encoder.cfg.pooling == "mean":  # every row of the last layer is read: no shortcut there
+        h = _layer(last, h, keep)  # (B, T, D)
+        return F.normalize(mean_pool(h, attention_mask), p=2, dim=-1)  # (B, D)
     cls = _last_layer_cls(last, h, keep)  # (B, D)
     pooled = torch.tanh(_linear(cls, encoder.pooler_dense))  # (B, D)
     return F.normalize(pooled, p=2, dim=-1)  # (B, D)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from labse_core.data.masking import IGNORE_INDEX
 from labse_core.model.encoder import LabseEncoder
-from labse_core.pretrain.masking import IGNORE_INDEX
 
 
 class PredictionTransform(nn.Module):

@@ -27,17 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from labse_core.data.shards import shard_files, write_shards
+from labse_core.evaluation.retrieval import retrieval_accuracy
+from labse_core.finetune.data import PairBatcher, acceptance_probs, collate_pairs, held_out_score, scan_pairs
 from labse_core.finetune.train import (
     FinetuneConfig,
-    PairBatcher,
-    acceptance_probs,
     build_encoder,
-    collate_pairs,
     evaluate,
-    held_out_score,
-    retrieval_accuracy,
     run,
-    scan_pairs,
     tiny_cpu,
 )
 from labse_core.gettext_catalog import catalog_pairs, read_mo

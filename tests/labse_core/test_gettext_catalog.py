@@ -214,3 +214,36 @@ def test_every_catalog_on_this_machine_parses(real_catalogs):
         n += sum(1 for _ in catalog_pairs(read_mo(path), stats=stats))
     assert n > 100_000
     assert stats["pairs"] == n
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("nplurals=1; plural=n>5 ? 3 : 0;", "plural(6) = 3 is not below nplurals=1"),
+        ("nplurals=2; plural=(n != 1;", "syntax error"),
+        ("nplurals=2; plural=n/0;", "plural(0) fails"),
+        ("nplurals=0; plural=0;", "nplurals must be at least 1"),
+        ("plural=n != 1;", "lacks nplurals"),
+    ],
+)
+def test_invalid_plural_forms_are_named_counted_and_not_paired(tmp_path, header, message):
+    from labse_core.gettext_catalog import plural_forms_error
+
+    assert message in plural_forms_error(header)
+    cat = read_po(write_po(tmp_path,
+        f'msgid ""\nmsgstr ""\n"Plural-Forms: {header}\\n"\n\nmsgid "Open"\nmsgstr "Öffnen"\n\n'
+        'msgid "%d file"\nmsgid_plural "%d files"\nmsgstr[0] "%d Datei"\nmsgstr[1] "%d Dateien"\n'
+    ))
+    stats = Counter()
+    assert [p.src_text for p in catalog_pairs(cat, stats=stats)] == ["Open"]
+    assert stats["catalogs_invalid_plural_forms"] == 1 and stats["skipped_invalid_plural_forms"] == 1
+    kept = [p.src_text for p in catalog_pairs(cat, keep_invalid_plurals=True)]
+    assert kept == ["Open", "%d file", "%d files"]  # for the prepare stage to reject with a reason
+
+
+def test_valid_and_missing_plural_forms_are_not_errors(real_catalogs):
+    from labse_core.gettext_catalog import plural_forms_error
+
+    assert plural_forms_error(None) is None  # no header: gettext's default n != 1
+    for path in sorted(real_catalogs.glob("*/LC_MESSAGES/coreutils.mo")):
+        assert plural_forms_error(read_mo(path).plural_forms) is None, path

@@ -100,6 +100,30 @@ def test_matches_reference_on_random_padded_batches(name, init):
         assert (_embed_row(enc, ids, mask, 1) - got).abs().max() > 100 * ATOL
 
 
+def _mean_reference(enc: LabseEncoder, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean pooling written as a loop over sentences over transformers' own last_hidden_state."""
+    h = enc.token_states(ids, mask)  # (B, T, D)
+    rows = [h[i, : int(mask[i].sum())].mean(dim=0) for i in range(ids.shape[0])]
+    return F.normalize(torch.stack(rows), dim=-1)  # (B, D)
+
+
+@pytest.mark.parametrize(("name", "init"), [("tiny", 0.2), ("small", 0.1)])
+def test_mean_pooling_fast_path_is_exact(name, init):
+    """Mean pooling (e5) reads every row of the last layer: the fast path must run it in full."""
+    enc = _encoder(name, init, pooling="mean", pad_token_id=1)
+    assert enc.pooler_dense is None
+    for seed, (batch_size, t) in enumerate([(1, 9), (7, 33), (16, 96)]):
+        ids, mask = _batch(_random_lengths(batch_size, t, seed), seed)
+        got = _compare(enc, ids, mask)
+        with torch.inference_mode():
+            torch.testing.assert_close(got, _mean_reference(enc, ids, mask), atol=ATOL, rtol=0)
+    # can fail: the [CLS] row alone, or a mean that counts padding, is far off
+    with torch.inference_mode():
+        h = enc.token_states(ids, mask)
+        assert (F.normalize(h[:, 0], dim=-1) - got).abs().max() > 100 * ATOL
+        assert (F.normalize(h.mean(dim=1), dim=-1) - got).abs().max() > 100 * ATOL
+
+
 def test_shortest_sentences_and_unpadded_batches():
     enc = _encoder("tiny", 0.2)
     _compare(enc, *_batch([1]))  # [CLS] alone: attention over one key

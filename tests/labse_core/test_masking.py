@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labse_core.pretrain.masking import (
+from labse_core.data.masking import (
     IGNORE_INDEX,
     MaskingConfig,
     make_tlm_example,

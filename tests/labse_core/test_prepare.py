@@ -94,3 +94,86 @@ def test_batch_pair_keys_equal_the_plain_pair_key(eval_keys):
     assert len(kept) == 3
     for r in kept:
         assert r["pair_key"] == core.pair_key(r["lang"], r["src_text"], r["tgt_text"])
+
+
+# ------------------------------------------------------------------------------------------------
+# language labels (issue 10)
+
+
+def test_same_language_pairs_are_rejected_and_refused_as_langs():
+    kept, rejects = core.process_batch([row("Maximize", "Maximise", lang="en"), row("Open", "Öffnen")],
+                                       core.PrepareRules(), frozenset())
+    assert [(r["reason"], r["detail"]) for r in rejects] == [("same_language", "en -> en")]
+    assert [r["tgt_text"] for r in kept] == ["Öffnen"]
+    for langs in (("en", "en"), ("de", "deu"), ("sr", "sr-Latn")):
+        with pytest.raises(ValueError, match="both sides have the same language"):
+            InputSpec(path="x.tsv", langs=langs)
+    with pytest.raises(ValueError, match="no tgt column"):
+        InputSpec(path="x.tsv", tsv_columns=("src", "score"))
+
+
+def test_english_variant_catalogs_are_skipped(real_catalogs):
+    en_gb = real_catalogs / "en_GB/LC_MESSAGES/glib20.mo"
+    if not en_gb.exists():
+        pytest.skip("no en_GB catalog")
+    spec = InputSpec(path=en_gb)
+    assert "English-variant catalog (en_GB)" in core.skip_reason(spec)
+    assert list(core.iter_input(spec)) == []
+    assert core.skip_reason(InputSpec(path=real_catalogs / "de/LC_MESSAGES/glib20.mo")) is None
+
+
+def _real_de_en(real_catalogs, n=120):
+    from labse_core.gettext_catalog import catalog_pairs, read_mo
+
+    pairs = [(p.src_text, p.tgt_text) for p in catalog_pairs(read_mo(real_catalogs / "de/LC_MESSAGES/coreutils.mo"))
+             if len(p.src_text) > 30 and not set("\t\n") & set(p.src_text + p.tgt_text)]
+    return pairs[:n]
+
+
+def test_swapped_sides_are_detected_on_a_sample(tmp_path, real_catalogs):
+    pairs = _real_de_en(real_catalogs)
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("".join(f"{en}\t{de}\n" for en, de in pairs))
+    right = core.refuse_swapped_sides(InputSpec(path=tsv, langs=("en", "de")))
+    assert right.sampled >= 10 and right.as_labelled > 0.9 * right.sampled and right.swapped == 0
+    wrong = InputSpec(path=tsv, langs=("de", "en"))
+    check = core.check_labels(wrong)
+    assert check.swapped == right.as_labelled and check.as_labelled == right.swapped  # the mirror image
+    with pytest.raises(PrepareError, match=r"p\.tsv: the two sides look swapped: .*p\.tsv:\d+: .* reads as de, .* --swap"):
+        core.refuse_swapped_sides(wrong)
+    fixed = wrong.model_copy(update={"swap": True})
+    assert core.refuse_swapped_sides(fixed).as_labelled == right.as_labelled
+    first = next(core.iter_input(fixed))
+    assert (first["src_lang"], first["lang"], first["src_text"], first["tgt_text"]) == ("en", "de", *pairs[0])
+    with pytest.raises(PrepareError, match="drop --swap"):
+        core.refuse_swapped_sides(InputSpec(path=tsv, langs=("en", "de"), swap=True))
+
+
+def test_invalid_plural_forms_reject_only_the_plural_pairs(tmp_path):
+    po = tmp_path / "de.po"
+    po.write_text('msgid ""\nmsgstr ""\n"Language: de\\n"\n"Plural-Forms: nplurals=1; plural=n>5 ? 3 : 0;\\n"\n\n'
+                  'msgid "Open"\nmsgstr "Öffnen"\n\n'
+                  'msgid "%d file"\nmsgid_plural "%d files"\nmsgstr[0] "%d Datei"\n')
+    rows = list(core.iter_input(InputSpec(path=po)))
+    # the one form it has would have been paired with the singular: rejected, with the reason
+    assert [(r["src_text"], r.get("reason")) for r in rows] == [("Open", None), ("%d file", "invalid_plural_forms")]
+    assert "plural(6) = 3 is not below nplurals=1" in rows[1]["detail"]
+    kept, rejects = core.process_batch(rows, core.PrepareRules(), frozenset())
+    assert [r["src_text"] for r in kept] == ["Open"] and len(rejects) == 1
+
+
+def test_evaluation_sets_of_every_kind(tmp_path):
+    txt = tmp_path / "e.txt"
+    txt.write_text("Wo ist der Bahnhof?\n")
+    tmx = tmp_path / "e.tmx"
+    tmx.write_text('<tmx version="1.4"><header/><body><tu><tuv xml:lang="en"><seg>I like tea.</seg></tuv>'
+                   '<tuv xml:lang="de"><seg>Ich mag Tee.</seg></tuv></tu></body></tmx>')
+    tsv = tmp_path / "e.tsv"
+    tsv.write_text("Good night\tGute Nacht\n")
+    keys = core.load_eval_keys([txt, tmx, tsv])
+    assert keys == {sentence_key(s) for s in ("Wo ist der Bahnhof?", "I like tea.", "Ich mag Tee.", "Good night",
+                                              "Gute Nacht")}
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\n")
+    with pytest.raises(PrepareError, match=r"bad\.txt:2: not UTF-8 text"):
+        core.check_eval_sets([txt, bad])

@@ -27,6 +27,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from labse_core.data.batches import SpecialIds
+from labse_core.data.masking import IGNORE_INDEX, make_tlm_example
 from labse_core.data.shards import (
     ShardLoader,
     ShardStream,
@@ -39,7 +41,6 @@ from labse_core.data.shards import (
 )
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import EncoderConfig, LabseEncoder, tiny, to_bert_config
-from labse_core.pretrain.masking import IGNORE_INDEX, make_tlm_example
 from labse_core.pretrain.model import (
     LabseForPretraining,
     grow_layers,
@@ -49,17 +50,16 @@ from labse_core.pretrain.model import (
     stage_layers,
 )
 from labse_core.pretrain.train import (
-    DistEnv,
     PretrainCollator,
     PretrainConfig,
     Pretrainer,
-    SpecialIds,
     base_gpu,
     build_model,
-    lr_at,
     run,
     tiny_cpu,
 )
+from labse_core.training.distributed import DistEnv
+from labse_core.training.optim import lr_at
 from storage.layout import Layout
 from storage.schemas import SHARD_MLM, SHARD_TLM, check_table
 

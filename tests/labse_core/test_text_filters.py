@@ -435,3 +435,10 @@ def test_tatoeba_sentence_pairs_pass_script_and_langid(code):
 
 def test_doctests():
     assert doctest.testmod(filters).failed == 0
+
+
+def test_langid_lives_in_its_own_module():
+    from labse_core.text import filters, langid
+
+    assert filters.get_langid is langid.get_langid and filters.LangId is langid.LangId
+    assert langid.get_langid().accepted("sr-Latn") == frozenset({"sr", "hr", "bs"})

@@ -54,3 +54,17 @@ def test_abort_removes_staging(layout):
     write_parquet(RAW_PAIRS, _raw_table(), w.file_path({"lang": "de"}, 0))
     w.abort()
     assert not w.staging.exists() and current_manifest(layout, RAW_PAIRS) is None
+
+
+def test_an_empty_version_never_silently_replaces_rows(layout):
+    from storage.datasets import EmptyReplaceError
+
+    _write_version(layout, [("de", 2)])
+    w = DatasetWriter(layout, RAW_PAIRS).begin()
+    with pytest.raises(EmptyReplaceError, match=r"0 rows and would replace the 2 rows .*--replace-empty"):
+        w.publish(expected_rows=0)
+    assert current_manifest(layout, RAW_PAIRS).rows == 2  # old version intact
+    w.begin().publish(expected_rows=0, replace_empty=True)
+    assert current_manifest(layout, RAW_PAIRS).rows == 0 and w.replaced_rows == 2
+    w2, _ = _write_version(layout, [("fr", 1)])
+    assert w2.replaced_rows == 0  # replacing an empty version is not a loss

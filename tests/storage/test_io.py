@@ -69,3 +69,58 @@ def test_write_parquet_sorts_rows_for_reproducible_files(tmp_path):
 def test_json_atomic(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "m.json").read_text().startswith('{\n  "a"')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folders: atomic_dir / publish_dir (checkpoints, exported models, the pretraining final/)
+
+
+def test_atomic_dir_publishes_a_folder_and_replaces_an_older_one(tmp_path):
+    from storage.io import atomic_dir
+
+    final = tmp_path / "runs" / "step-3"
+    with atomic_dir(final) as tmp:
+        (tmp / "model.pt").write_text("v1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "x.json").write_text("{}")
+        assert not final.exists()  # nothing under the final name before the block ends
+    assert (final / "model.pt").read_text() == "v1" and (final / "sub" / "x.json").is_file()
+    with atomic_dir(final) as tmp:
+        (tmp / "model.pt").write_text("v2")
+    assert sorted(os.listdir(final)) == ["model.pt"]  # the new folder whole, nothing of the old one
+    assert (final / "model.pt").read_text() == "v2"
+    assert os.listdir(final.parent) == ["step-3"]  # no temporary or moved-aside folder left
+
+
+def test_atomic_dir_keeps_the_old_folder_on_error(tmp_path):
+    from storage.io import atomic_dir
+
+    final = tmp_path / "best"
+    final.mkdir()
+    (final / "model.safetensors").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "model.safetensors").write_text("half")
+        raise RuntimeError("crash")
+    assert (final / "model.safetensors").read_text() == "old"
+    assert os.listdir(tmp_path) == ["best"]
+
+
+def test_publish_dir_puts_the_old_folder_back_when_the_rename_fails(tmp_path, monkeypatch):
+    from storage import io
+
+    final, tmp = tmp_path / "final", tmp_path / ".final.tmp"
+    final.mkdir()
+    (final / "a").write_text("old")
+    tmp.mkdir()
+    (tmp / "a").write_text("new")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src) == str(tmp):
+            raise OSError("disk full")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(io.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        io.publish_dir(tmp, final)
+    assert (final / "a").read_text() == "old"

@@ -1,0 +1,180 @@
+"""`labse evaluate ...` and `labse mine`: thin commands over ``flows.evaluate``.
+
+    labse evaluate tatoeba --model DIR|models:/labse@champion [--data DIR] [--langs deu,fra] [--trained-langs de,fr]
+    labse evaluate bucc    --model ... [--langs de,fr] [--gold N] [--distractors N] [--held-out-fraction F]
+    labse mine --src FILE|DATASET --tgt FILE|DATASET --src-lang xx --tgt-lang yy --model ... [--k 4] [--mode max]
+               [--threshold T] [--index flat|ivf|ivfpq|auto] [--no-filter] [--keep-embeddings]
+
+Each writes its results (``eval_results`` / ``mined``, appended), a JSON summary under LABSE_HOME/runs/<run>/
+and an MLflow run; bad input is one line on stderr and exit code 2.
+
+Registered in ``flows/cli.py`` by ``cli_evaluate.register(app)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+evaluate_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="Evaluate an encoder on the paper's benchmarks (results -> eval_results).")
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Exported model folder, or models:/NAME@ALIAS / models:/NAME/VERSION.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings_error(e) -> str:
+    """A pydantic ValidationError as one line naming the options: "bad settings: --mode: Input should be ..."."""
+    return "bad settings: " + "; ".join(
+        f"--{'-'.join(map(str, x['loc'][-1:])).replace('_', '-')}: {x['msg']}" for x in e.errors())
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate` (a command group) and `mine` to the `labse` app."""
+    app.add_typer(evaluate_app, name="evaluate")
+    app.command("mine")(mine)
+
+
+@evaluate_app.command("tatoeba")
+def tatoeba(
+    model: ModelOpt,
+    data: Annotated[Path | None, typer.Option(help="Tatoeba v1 folder (default: ../shared/data/tatoeba/v1).")] = None,
+    langs: Annotated[list[str] | None, typer.Option("--langs", help="Languages (comma-separated or repeated); default all.")] = None,
+    trained_langs: Annotated[list[str] | None, typer.Option("--trained-langs", help="Languages the model was trained on "
+                             "(default: its model card, else the lake's clean corpus).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+) -> None:
+    """Tatoeba retrieval accuracy in both directions per language and per group (XTREME-36, all 112, trained)."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import TatoebaEvalConfig, run_tatoeba
+    from labse_core.evaluation.results import split_langs
+    from labse_core.readers.records import ReaderError
+
+    try:
+        cfg = TatoebaEvalConfig(model=model, langs=split_langs(langs), trained_langs=split_langs(trained_langs),
+                                batch_size=batch_size, **({"data": data} if data is not None else {}))
+        if not cfg.data.is_dir():
+            raise ValueError(f"--data {cfg.data}: not a folder (the Tatoeba v1 files tatoeba.xxx-eng.*)")
+        with console.status("embedding and scoring Tatoeba ...", spinner="dots"):
+            report = run_tatoeba(cfg)
+    except ValidationError as e:
+        _fail(_settings_error(e))
+    except (ValueError, ReaderError, OSError) as e:
+        _fail(str(e).splitlines()[0])
+    res = report.result
+    t = Table(title=f"Tatoeba v1: {report.model.uri}" + (f" (version {report.model.version})" if report.model.version else ""),
+              title_justify="left")
+    for col in ("group", "languages", "xx->en", "en->xx", "mean"):
+        t.add_column(col, justify="left" if col == "group" else "right")
+    for g in res.groups:
+        t.add_row(g.group, str(len(g.languages)), f"{g.acc_xx_en:.4f}", f"{g.acc_en_xx:.4f}", f"{g.acc:.4f}")
+    console.print(t)
+    console.print(f"eval_results: {report.rows} rows appended (run {report.run_id})")
+    console.print(f"summary:      {report.summary_path}")
+    console.print(f"plot:         {report.plot_path}")
+    console.print("try: labse sql \"SELECT language, direction, value FROM eval_results WHERE run_id = "
+                  f"'{report.run_id}' AND scope = 'group'\"")
+
+
+@evaluate_app.command("bucc")
+def bucc(
+    model: ModelOpt,
+    langs: Annotated[list[str] | None, typer.Option("--langs", help="Languages of the clean corpus (default: all).")] = None,
+    gold: Annotated[int, typer.Option(help="Hidden translation pairs per split (dev, test).")] = 100,
+    distractors: Annotated[int, typer.Option(help="Distractor sentences per side and split.")] = 200,
+    held_out_fraction: Annotated[float, typer.Option(help="Fine-tuning held-out fraction (only those pairs are used).")] = 0.05,
+    k: Annotated[int, typer.Option(help="Neighbours for the margin.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+) -> None:
+    """BUCC-style mining F1 (threshold tuned on dev, applied to test) and xSIM, on held-out corpus pairs."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import BuccEvalConfig, run_bucc
+    from labse_core.evaluation.results import split_langs
+    from labse_core.mining.miner import MineConfig
+
+    try:
+        cfg = BuccEvalConfig(model=model, langs=split_langs(langs), gold=gold, distractors=distractors,
+                             held_out_fraction=held_out_fraction, mine=MineConfig(mode="max", index="flat", k=k),
+                             batch_size=batch_size)
+        with console.status("building the sets, embedding and mining ...", spinner="dots"):
+            report = run_bucc(cfg)
+    except ValidationError as e:
+        _fail(_settings_error(e))
+    except (ValueError, OSError) as e:
+        _fail(str(e).splitlines()[0])
+    t = Table(title=f"BUCC-style mining, held-out pairs: {report.model.uri}", title_justify="left")
+    for col in ("language", "F1", "precision", "recall", "threshold (dev)", "xSIM xx->en", "xSIM en->xx"):
+        t.add_column(col, justify="left" if col == "language" else "right")
+    for r in report.result:
+        t.add_row(r.lang, f"{r.test.f1:.4f}", f"{r.test.precision:.4f}", f"{r.test.recall:.4f}",
+                  f"{r.dev.threshold:.4f}", f"{r.xsim_xx_en:.4f}", f"{r.xsim_en_xx:.4f}")
+    console.print(t)
+    console.print(f"mean F1 {report.metrics['bucc/f1']:.4f}, xSIM error {report.metrics['xsim/error']:.4f}")
+    for lang, why in report.summary["skipped"].items():
+        console.print(f"[yellow]skipped {lang}:[/] {why}", highlight=False)
+    console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}")
+
+
+def mine(
+    src: Annotated[str, typer.Option(help="Source sentences: text file (one per line), .parquet (text column), "
+                                           "DATASET:COLUMN[:LANG] (e.g. corpus_clean:tgt_text:de) or precomputed .npy.")],
+    tgt: Annotated[str, typer.Option(help="Target sentences, as --src.")],
+    src_lang: Annotated[str, typer.Option("--src-lang", help="Language of --src (e.g. de).")],
+    tgt_lang: Annotated[str, typer.Option("--tgt-lang", help="Language of --tgt (e.g. en).")],
+    model: Annotated[str | None, typer.Option(help="Model folder or models:/NAME@ALIAS (not needed for two .npy inputs).")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours for the margin (clamped to the other side's size).")] = 4,
+    mode: Annotated[str, typer.Option(help="forward, backward, intersection or max (one-to-one).")] = "max",
+    margin: Annotated[str, typer.Option(help="ratio, distance or absolute.")] = "ratio",
+    threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default: 1.06 for ratio, 0 otherwise).")] = None,
+    index: Annotated[str, typer.Option(help="flat, ivf, ivfpq or auto (flat up to --flat-max sentences).")] = "auto",
+    flat_max: Annotated[int, typer.Option(help="auto: largest side searched exactly.")] = 50_000,
+    nprobe: Annotated[int, typer.Option(help="IVF lists probed per query.")] = 32,
+    src_text: Annotated[Path | None, typer.Option("--src-text", help=".npy --src: its sentences (default <stem>.txt).")] = None,
+    tgt_text: Annotated[Path | None, typer.Option("--tgt-text", help=".npy --tgt: its sentences (default <stem>.txt).")] = None,
+    column: Annotated[str | None, typer.Option(help="Parquet inputs: the sentence column (default text).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Sentences embedded at once (bounds memory).")] = 50_000,
+    shard_dtype: Annotated[str, typer.Option(help="float32 or float16 for the spilled embeddings.")] = "float32",
+    no_filter: Annotated[bool, typer.Option("--no-filter", help="Skip the data pipeline's filters and dedupe.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+    keep_embeddings: Annotated[bool, typer.Option("--keep-embeddings", help="Keep the .npy shards under the run folder.")] = False,
+) -> None:
+    """Mine bitext from two monolingual inputs with the margin criterion (pairs -> dataset `mined`)."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import MineRunConfig, run_mine
+    from labse_core.langcodes import UnknownLanguage
+    from labse_core.mining.knn import MiningInputError
+    from labse_core.mining.miner import MineConfig
+
+    try:
+        mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, index=index, flat_max=flat_max,
+                          nprobe=nprobe, chunk_size=chunk_size, shard_dtype=shard_dtype, filter=not no_filter)
+        cfg = MineRunConfig(src=src, tgt=tgt, src_lang=src_lang, tgt_lang=tgt_lang, model=model, src_text=src_text,
+                            tgt_text=tgt_text, column=column, mine=mcfg, batch_size=batch_size,
+                            keep_embeddings=keep_embeddings)
+        with console.status("embedding and mining ...", spinner="dots"):
+            report = run_mine(cfg)
+    except ValidationError as e:
+        _fail(_settings_error(e))
+    except (MiningInputError, UnknownLanguage, ValueError, OSError) as e:
+        _fail(str(e).splitlines()[0])
+    s = report.summary
+    console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
+                  f"{s['candidates']:,} pairs scored >= {s['threshold']}, {s['kept']:,} kept after the filters "
+                  f"(dropped: {s['dropped'] or 'none'})")
+    console.print(f"mined: appended to partition src_lang={s['src_lang']}/tgt_lang={s['tgt_lang']} (run {report.run_id})")
+    console.print(f"summary: {report.summary_path}")
+    console.print("try: labse sql \"SELECT margin, src_text, tgt_text FROM mined WHERE run_id = "
+                  f"'{report.run_id}' ORDER BY margin DESC LIMIT 10\"")

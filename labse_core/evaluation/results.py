@@ -1,0 +1,99 @@
+"""Evaluation results as rows of the ``eval_results`` dataset, appended run after run.
+
+Every evaluator returns plain rows (scope, language, direction, metric, value, n, split); ``publish_rows``
+adds the run's columns (run id, time, model URI and registry version) and appends them to
+``eval_results`` (partition ``eval_set=...``) through ``storage.append``: earlier runs' rows stay.
+
+    labse sql "SELECT model_uri, model_version, language, value FROM eval_results
+               WHERE eval_set = 'tatoeba-v1' AND scope = 'group' AND direction = 'both'"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from labse_core.export import read_export_metadata
+from storage.append import append_tables
+from storage.layout import Layout
+from storage.manifest import Manifest, read_manifest
+from storage.schemas import CLEAN_PAIRS, EVAL_RESULTS
+
+ROW_KEYS = ("split", "scope", "language", "direction", "metric", "value", "n")
+
+
+def results_table(
+    rows: Sequence[dict], *, run_id: str, model_uri: str, model_version: str | None, created_at: dt.datetime
+) -> pa.Table:
+    """The rows of one evaluation run in ``eval_results``' file schema (``eval_set`` is the partition)."""
+    for i, r in enumerate(rows):
+        if missing := [k for k in ROW_KEYS if k not in r]:
+            raise ValueError(f"result row {i} lacks {missing}")
+    n = len(rows)
+    cols = {
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "created_at": pa.array([created_at] * n, pa.timestamp("us", tz="UTC")),
+        "model_uri": pa.array([model_uri] * n, pa.string()),
+        "model_version": pa.array([model_version] * n, pa.string()),
+        "split": pa.array([r["split"] for r in rows], pa.string()),
+        "scope": pa.array([r["scope"] for r in rows], pa.string()),
+        "language": pa.array([r["language"] for r in rows], pa.string()),
+        "direction": pa.array([r["direction"] for r in rows], pa.string()),
+        "metric": pa.array([r["metric"] for r in rows], pa.string()),
+        "value": pa.array([float(r["value"]) for r in rows], pa.float64()),
+        "n": pa.array([int(r["n"]) for r in rows], pa.int64()),
+    }
+    return pa.table(cols, schema=EVAL_RESULTS.file_schema)
+
+
+def publish_rows(
+    layout: Layout,
+    eval_set: str,
+    rows: Sequence[dict],
+    *,
+    run_id: str,
+    model_uri: str,
+    model_version: str | None,
+    producer: dict | None = None,
+    created_at: dt.datetime | None = None,
+) -> Manifest:
+    """Append one run's rows to ``eval_results`` (partition ``eval_set``); returns the new manifest."""
+    created_at = created_at or dt.datetime.now(dt.UTC)
+    table = results_table(rows, run_id=run_id, model_uri=model_uri, model_version=model_version, created_at=created_at)
+    return append_tables(
+        layout, EVAL_RESULTS, [({"eval_set": eval_set}, table)], run_id,
+        producer={"stage": "evaluate", "eval_set": eval_set, "run_id": run_id, **(producer or {})},
+    )
+
+
+def trained_languages(model_folder: str | os.PathLike[str], layout: Layout | None = None) -> tuple[list[str] | None, str]:
+    """The languages a model was trained on, and where that came from: the model card's ``languages``
+    (``labse_export.json``), else the lake's clean corpus (its ``lang`` partitions plus English, the
+    source side of every gettext pair), else ``(None, "unknown")``."""
+    meta = read_export_metadata(Path(model_folder)) or {}
+    card_langs = (meta.get("model_card") or {}).get("languages") or []
+    if card_langs:
+        return sorted(set(card_langs)), "model card"
+    if layout is not None and (langs := corpus_languages(layout)):
+        return langs, "lake corpus_clean"
+    return None, "unknown"
+
+
+def corpus_languages(layout: Layout) -> list[str] | None:
+    """The clean corpus's languages (its ``lang`` partitions) plus English, the other side of its pairs;
+    None when there is no clean corpus."""
+    manifest = read_manifest(layout.dataset_dir(CLEAN_PAIRS.relpath))
+    if manifest is None or not manifest.partitions:
+        return None
+    return sorted({key.split("=", 1)[1] for key in manifest.partitions} | {"en"})
+
+
+def split_langs(values: Iterable[str] | None) -> list[str] | None:
+    """``["de,fr", "ja"]`` -> ``["de", "fr", "ja"]`` (options given repeatedly or comma-separated)."""
+    if not values:
+        return None
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]

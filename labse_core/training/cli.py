@@ -1,0 +1,60 @@
+"""The command line both trainers share: `--preset NAME`, `--config FILE.json`, `--set KEY=VALUE`...,
+`--home DIR`, `--result FILE.json`; `--help` lists every valid --set key with its docstring."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from labse_core.training.config import ConfigError, load_config, settings_help
+from labse_core.training.distributed import DistEnv
+from labse_core.training.result import TrainResult
+from storage.layout import Layout
+
+C = TypeVar("C", bound=BaseModel)
+R = TypeVar("R", bound=TrainResult)
+
+
+def train_main(
+    argv: list[str] | None,
+    module: str,
+    config_cls: type[C],
+    presets: Mapping[str, Callable[..., C]],
+    run: Callable[[C, Layout], R],
+    aliases: Mapping[str, str] | None = None,
+) -> R:
+    """`python -m <module>`: parse, build the config (a bad one: a one-line usage error, exit code
+    2), run, and on rank 0 print the summary (without the per-step losses) and write it whole to
+    --result. The description is the first line of the module's docstring."""
+    doc = (importlib.import_module(module).__doc__ or "").strip().split("\n")[0]
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=f"{doc} Several processes: torchrun ... -m {module}.",
+        epilog=settings_help(config_cls, aliases),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(presets), help="start from a named recipe")
+    parser.add_argument("--config", help=f"JSON file of {config_cls.__name__} fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (below)")
+    parser.add_argument("--home", help="LABSE_HOME (default: $LABSE_HOME or ./labse_home)")
+    parser.add_argument("--result", help="write the result summary JSON here (rank 0)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_cls, presets, args.preset, args.config, args.set)
+    except ConfigError as e:
+        parser.error(f"bad configuration: {e}")
+    result = run(cfg, Layout.from_env(args.home))
+    if DistEnv.from_env().is_main:
+        out = result.summary()
+        if args.result:
+            Path(args.result).write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in out.items() if k != "losses"}, indent=2))
+    return result

@@ -1,0 +1,92 @@
+"""BUCC-style F1 and xSIM against plain computations on the same embeddings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labse_core.evaluation import bucc
+from labse_core.mining.margin import Pairs
+from labse_core.mining.miner import MineConfig, mine_embeddings
+from tests.labse_core.test_mining import brute_force, planted
+
+
+def test_sets_hide_the_gold_among_distractors_without_their_translations():
+    pairs = [(f"x{i}", f"y{i}") for i in range(100)] + [("x0", "other"), ("again", "y1")]  # not one-to-one
+    sets = bucc.build_sets(pairs, gold_per_split=10, distractors_per_split=15, seed=3)
+    texts = set()
+    for s in sets.values():
+        assert len(s.src) == len(s.tgt) == 25 and len(s.gold) == 10
+        for i, j in s.gold:
+            assert s.src[i][1:] == s.tgt[j][1:]  # x7 <-> y7
+        gold_src = {s.src[i] for i, _ in s.gold}
+        for x in s.src:  # a distractor's translation is nowhere on the other side
+            if x not in gold_src:
+                assert "y" + x[1:] not in s.tgt
+        assert [i for i, _ in sorted(s.gold)] != list(range(10))  # shuffled, not on top
+        texts |= set(s.src) | set(s.tgt)
+    assert len(texts) == 100 and "other" not in texts and "again" not in texts
+    with pytest.raises(ValueError, match="needs 80 one-to-one held-out pairs"):
+        bucc.build_sets(pairs[:50], 10, 15)
+
+
+def test_best_threshold_equals_trying_every_threshold():
+    rng = np.random.default_rng(0)
+    score = rng.choice(np.linspace(1.0, 1.3, 25), size=60).astype(np.float32)  # many ties
+    src, tgt = np.arange(60), rng.permutation(60)
+    pairs = Pairs(src, tgt, score, score)
+    gold = frozenset((int(s), int(t)) for s, t in zip(src, tgt, strict=True) if rng.random() < 0.5) | {(999, 999)}
+    best = None
+    for t in sorted(set(score.tolist()), reverse=True):  # plain: every distinct score as ">= t"
+        found = [(s, g) for s, g, sc in zip(src.tolist(), tgt.tolist(), score.tolist(), strict=True) if sc >= t]
+        correct = sum(p in gold for p in found)
+        p, r = correct / len(found), correct / len(gold)
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        if best is None or f1 > best[0]:
+            best = (f1, t, p, r)
+    got = bucc.best_threshold(pairs, gold)
+    assert (got.f1, got.threshold, got.precision, got.recall) == pytest.approx(best)
+    again = bucc.prf(pairs, gold, got.threshold)
+    assert (again.f1, again.found, again.correct) == (pytest.approx(got.f1), got.found, got.correct)
+
+
+def test_xsim_equals_a_full_matrix_computation():
+    x, y, gold = planted(300, 0, 0, d=16, noise=1.0, seed=4)  # noisy: many errors
+    x_aligned, y_aligned = x, y[[j for _, j in sorted(gold)]]  # row i translates row i
+    want_pairs = brute_force(x_aligned, y_aligned, k=4, mode="forward")
+    want = 1 - sum(i == j for i, j in want_pairs) / len(x_aligned)
+    got = bucc.xsim_error(x_aligned, y_aligned)
+    assert got == pytest.approx(want) and 0.05 < got < 0.95
+    with pytest.raises(ValueError, match="aligned"):
+        bucc.xsim_error(x[:3], y[:4])
+
+
+def test_evaluate_language_with_a_toy_encoder():
+    rng = np.random.default_rng(1)
+    pairs = [(f"xx sentence {i}", f"en sentence {i}") for i in range(400)]
+    centers = rng.normal(size=(400, 32))
+
+    def embed(texts):  # translations share a center; 40% of them are noisy enough to be missed
+        out = []
+        for t in texts:
+            i = int(t.rsplit(" ", 1)[1])
+            h = np.random.default_rng(abs(hash(t)) % 2**32)
+            out.append(centers[i] + (1.5 if i % 5 < 2 else 0.2) * h.normal(size=32))
+        return np.asarray(out, np.float32)
+
+    sets = bucc.build_sets(pairs, 60, 70)
+    res = bucc.evaluate_language("xx", sets, embed)
+    # The reported test numbers: the mined candidates scored >= the dev-tuned threshold, computed again.
+    t = sets["test"]
+    cand = mine_embeddings(embed(list(t.src)), embed(list(t.tgt)), MineConfig(index="flat"), threshold=-np.inf)
+    keep = [(s, g) for s, g, sc in zip(cand.src.tolist(), cand.tgt.tolist(), cand.score.tolist(), strict=True)
+            if sc >= res.dev.threshold]
+    correct = sum(p in t.gold for p in keep)
+    assert res.test.precision == pytest.approx(correct / len(keep)) and res.test.recall == pytest.approx(correct / 60)
+    assert 0.3 < res.test.f1 < 0.95 and res.test.f1 <= res.test_oracle.f1 + 1e-12
+    assert 0 < res.xsim_xx_en < 0.7 and res.sizes == {"dev_src": 130, "dev_tgt": 130, "test_src": 130,
+                                                      "test_tgt": 130, "dev_gold": 60, "test_gold": 60}
+    rows = bucc.result_rows([res])
+    f1 = [r for r in rows if r["metric"] == "f1" and r["split"] == "test" and r["scope"] == "language"]
+    assert f1 == [{"split": "test", "scope": "language", "language": "xx", "direction": "xx-en", "metric": "f1",
+                   "value": res.test.f1, "n": 60}]
