@@ -126,7 +126,7 @@ def encode(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else encoder.cfg.pad_token_id
     prefix = encoder.cfg.input_prefix
     try:
-        with torch.inference_mode(), tqdm(total=n, unit="sent", desc="embed", disable=not progress) as bar:
+        with torch.inference_mode(), tqdm(total=n, unit="sent", desc="embed", disable=None if progress else True) as bar:  # None: off when not a tty
             for start in range(0, n, SORT_CHUNK):
                 chunk = [prefix + s for s in sentences[start : start + SORT_CHUNK]]
                 ids = tokenizer(

@@ -47,10 +47,11 @@ def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def progress_bar(cfg: RunConfig, env: DistEnv, step: int, max_steps: int, desc: str):
-    """tqdm over the run's steps, on rank 0 when cfg.progress (a disabled bar elsewhere)."""
+    """tqdm over the run's steps, on rank 0 when cfg.progress and stderr is a terminal (disable=None is
+    tqdm's "off when not a tty"): a log file or a Prefect worker's output gets no bar updates."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=max_steps, initial=step, disable=not (env.is_main and cfg.progress), desc=desc)
+    return tqdm(total=max_steps, initial=step, disable=None if (env.is_main and cfg.progress) else True, desc=desc)
 
 
 def log_metrics(cfg: RunConfig, env: DistEnv, metrics: dict[str, float], step: int) -> None:
