@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint lock bench clean
+.PHONY: venv demo test lint lock bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -21,8 +21,11 @@ $(STAMP): constraints.txt pyproject.toml
 demo: venv
 	$(BIN)/labse demo
 
+# Two workers (pytest-xdist), one thread each (tests/conftest.py), files kept together so that a
+# module's fixtures are built once: most of the suite is single-threaded Python (Beam, parsing).
+PYTEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check .
@@ -37,12 +40,22 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' ) > constraints.txt
 	rm -rf .venv-lock
 
-# Benchmarks: each prints ours vs the peer measured in the same run (results in bench/results/).
-# prepare_bench builds OpusFilter in its own venv (.venv-opusfilter) on first use.
+# Benchmarks: each runs ours and the peer in separate processes, interleaved, and writes
+# bench/results/<name>.json (bench/common.py). `make bench QUICK=1` (or `make bench-quick`) runs every one
+# with --quick: under 10 minutes in all on 2 cores. prepare_bench builds OpusFilter in its own venv
+# (.venv-opusfilter) on first use. Run nothing else on the machine meanwhile: the results flag runs
+# during which other processes used the CPU.
+BENCH_FLAGS := $(if $(QUICK),--quick,)
 bench: venv
-	$(BIN)/python -m bench.prepare_bench
-	$(BIN)/python -m bench.pretrain_bench
-	$(BIN)/python -m bench.finetune_bench
+	$(BIN)/python -m bench.prepare_bench $(BENCH_FLAGS)
+	$(BIN)/python -m bench.pretrain_bench $(BENCH_FLAGS)
+	$(BIN)/python -m bench.finetune_bench $(BENCH_FLAGS)
+	$(if $(QUICK),,$(BIN)/python -m bench.finetune_bench --model base --steps 6 --warmup 2 --repeats 2 --encode-sentences 500)
+	$(BIN)/python -m bench.encode_bench $(BENCH_FLAGS)
+	$(BIN)/python -m bench.mine_bench $(BENCH_FLAGS)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
 
 clean:
 	rm -rf $(VENV) labse_home

@@ -2,34 +2,33 @@
 
 ``WritePartitionedRows`` is a hive-partitioned Parquet sink built like Beam's own file sinks:
 
-1. each bundle buffers rows per partition and writes them (schema-checked) to a uniquely named
-   *attempt* file, emitting that file's name; a buffer is flushed at ``rows_per_file`` rows, and the
+1. each bundle buffers rows per partition and writes them (schema-checked) to an *attempt* file
+   named after its content (``storage.datasets.attempt_name``: a bundle that runs again rewrites the
+   same file), emitting that file's name; a buffer is flushed at ``rows_per_file`` rows, and the
    largest one whenever all buffers together hold ``max_buffered_rows``, which bounds a worker's memory;
-2. only the names emitted by *committed* bundles reach the single commit step, which moves those
-   files into ``<staging>/<col>=<value>/part-NNNNN.parquet`` and deletes the rest (attempts of
-   bundles that failed and were retried). Rows are therefore written exactly once.
-
-The caller then publishes the staging folder with ``storage.datasets.DatasetWriter.publish``.
+2. only the names emitted by *committed* bundles reach the single commit step, which records them
+   (``_attempts/_commit.json``, atomically; running it again rewrites the list);
+3. the caller publishes the staging folder with ``storage.datasets.DatasetWriter.publish``, which on
+   the driver moves the recorded files into ``<staging>/<col>=<value>/part-NNNNN.parquet`` and deletes
+   the rest (attempts of bundles that failed and ran again). Rows are therefore published exactly once,
+   on runners that retry bundles or re-execute branches (the Dask runner) as on the direct runner.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
-from storage.datasets import part_file_name, partition_path
+from storage.datasets import ATTEMPTS, apply_commit, attempt_name, partition_path, record_commit
 from storage.io import write_parquet
 from storage.schemas import DatasetSpec
-
-ATTEMPTS = "_attempts"
 
 
 def partition_values(path: str) -> dict[str, str]:
@@ -91,24 +90,16 @@ class _BufferedWriteFn(beam.DoFn):
         self.buffered -= len(rows)
         table = pa.Table.from_pylist(rows, schema=self.spec.file_schema)  # extra keys ignored, types checked
         rel = partition_path(self.spec, dict(zip(self.spec.partition_by, key, strict=True)))
-        attempt = os.path.join(self.staging, ATTEMPTS, f"{uuid.uuid4().hex}.parquet")
+        attempt = os.path.join(self.staging, ATTEMPTS, attempt_name(table))
         n = write_parquet(self.spec, table, attempt)
         return {"attempt": attempt, "partition": rel, "rows": n}
 
 
 def commit_attempts(infos: list[dict], staging: str) -> int:
-    """Move the committed attempt files into their partitions; drop the others. Returns rows committed."""
-    counters: dict[str, int] = defaultdict(int)
-    rows = 0
-    for info in sorted(infos, key=lambda i: (i["partition"], i["attempt"])):
-        index = counters[info["partition"]]
-        counters[info["partition"]] += 1
-        dest = Path(staging) / info["partition"] / part_file_name(index)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(info["attempt"], dest)
-        rows += info["rows"]
-    shutil.rmtree(Path(staging) / ATTEMPTS, ignore_errors=True)
-    return rows
+    """Record the committed attempts and move them into their partitions now (the two halves of
+    ``record_commit`` + ``DatasetWriter.publish``, for callers outside a pipeline). Returns rows committed."""
+    record_commit(infos, staging)
+    return apply_commit(Path(staging))
 
 
 class WritePartitionedRows(beam.PTransform):
@@ -135,5 +126,97 @@ class WritePartitionedRows(beam.PTransform):
             | "WriteAttempts"
             >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows))
             | "CollectFileNames" >> beam.combiners.ToList()  # names and counts only
-            | "Commit" >> beam.Map(commit_attempts, staging=staging)
+            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same, with Arrow tables as elements (one element per batch of rows, not one per row)
+
+
+class ReadParquetTables(beam.DoFn):
+    """File path -> Arrow tables of ``batch_size`` rows, with the partition columns from the path
+    and any ``extra`` columns (e.g. ``existing=True``) added as constant columns."""
+
+    def __init__(self, batch_size: int = 5000, extra: dict | None = None):
+        self.batch_size = batch_size
+        self.extra = extra or {}
+
+    def process(self, path: str):
+        fixed = partition_values(path) | self.extra
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size):
+            table = pa.Table.from_batches([batch])
+            for k, v in fixed.items():
+                table = table.append_column(k, pa.repeat(pa.scalar(v), table.num_rows))
+            yield table
+
+
+class _BufferedTableWriteFn(_BufferedWriteFn):
+    """``_BufferedWriteFn`` for Arrow tables with the columns of ``spec.schema`` (partition columns
+    included; other columns are dropped): a table is split by partition value with Arrow, and a file
+    gets exactly ``rows_per_file`` rows when a partition's buffer reaches that."""
+
+    def start_bundle(self):
+        self.buffers: dict[tuple, list[pa.Table]] = defaultdict(list)
+        self.rows: dict[tuple, int] = defaultdict(int)
+        self.buffered = 0
+        self.columns = [f.name for f in self.spec.schema]
+
+    def process(self, table: pa.Table):
+        if not table.num_rows:
+            return
+        table = table.select(self.columns)
+        for key, part in _split_by(table, self.spec.partition_by):
+            self.buffers[key].append(part)
+            self.rows[key] += part.num_rows
+            self.buffered += part.num_rows
+            while self.rows[key] >= self.rows_per_file:
+                yield self._flush(key, self.rows_per_file)
+        while self.buffered >= self.max_buffered_rows:
+            # Bound the worker's memory over all partitions: write out the largest buffer.
+            yield self._flush(max(self.rows, key=lambda k: self.rows[k]))
+
+    def _flush(self, key: tuple, n: int | None = None) -> dict:
+        table = pa.concat_tables(self.buffers.pop(key))
+        total = self.rows.pop(key)
+        if n is not None and n < total:  # keep the rest in the buffer
+            self.buffers[key] = [table.slice(n)]
+            self.rows[key] = total - n
+            table = table.slice(0, n)
+        self.buffered -= table.num_rows
+        rel = partition_path(self.spec, dict(zip(self.spec.partition_by, key, strict=True)))
+        table = table.drop_columns(list(self.spec.partition_by))
+        attempt = os.path.join(self.staging, ATTEMPTS, attempt_name(table))
+        rows = write_parquet(self.spec, table, attempt)  # checks names, types and nulls
+        return {"attempt": attempt, "partition": rel, "rows": rows}
+
+
+def _split_by(table: pa.Table, columns: tuple[str, ...]):
+    """(partition values, rows of ``table`` with those values) for each distinct value."""
+    if not columns:
+        yield (), table
+        return
+    keys = table.select(list(columns)).group_by(list(columns), use_threads=False).aggregate([])
+    if keys.num_rows == 1:
+        yield tuple(keys.column(c)[0].as_py() for c in columns), table
+        return
+    for values in keys.to_pylist():
+        mask = None
+        for c in columns:
+            m = pc.equal(table.column(c), values[c])
+            mask = m if mask is None else pc.and_(mask, m)
+        yield tuple(values[c] for c in columns), table.filter(mask)
+
+
+class WritePartitionedTables(WritePartitionedRows):
+    """``WritePartitionedRows`` for a PCollection of Arrow tables (columns of ``spec.schema``)."""
+
+    def expand(self, tables):
+        staging = self.staging
+        return (
+            tables
+            | "WriteAttempts"
+            >> beam.ParDo(_BufferedTableWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows))
+            | "CollectFileNames" >> beam.combiners.ToList()
+            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
         )

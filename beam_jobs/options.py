@@ -11,17 +11,33 @@ import os
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DASK_RUNNERS = ("dask", "DaskRunner")
+
+
+def is_dask(runner: str) -> bool:
+    """``dask``/``DaskRunner``: our fixed Dask runner (``beam_jobs.dask_runner``), not Beam's own."""
+    return runner in DASK_RUNNERS
 
 
 class BeamConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    runner: str = Field("DirectRunner", description="Beam runner: DirectRunner, FlinkRunner, SparkRunner, DataflowRunner.")
+    runner: str = Field(
+        "DirectRunner",
+        description="Beam runner: DirectRunner, dask (beam_jobs.dask_runner), FlinkRunner, SparkRunner, DataflowRunner.",
+    )
     num_workers: int = Field(
         default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
         ge=1,
-        description="Direct runner worker processes (--direct_num_workers).",
+        description="Direct runner worker processes (--direct_num_workers); with runner dask and no "
+        "dask_address, the worker processes of the LocalCluster started for the run.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="runner dask: address of a running dask.distributed scheduler (tcp://host:8786); "
+        "None starts a LocalCluster of num_workers processes for the run.",
     )
     running_mode: str = Field(
         "multi_processing",
@@ -35,10 +51,21 @@ class BeamConfig(BaseModel):
         description="Any other standard Beam pipeline options, passed through, e.g. ['--flink_master=host:8081'].",
     )
 
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> BeamConfig:
+        if self.dask_address and not is_dask(self.runner):
+            raise ValueError(f"dask_address is set but the runner is {self.runner!r}: it needs runner 'dask'")
+        return self
+
     def pipeline_options(self) -> PipelineOptions:
         args = [f"--runner={self.runner}", f"--default_sdk_harness_log_level={self.worker_log_level}"]
         if self.runner == "DirectRunner":
             args += [f"--direct_num_workers={self.num_workers}", f"--direct_running_mode={self.running_mode}"]
+        if is_dask(self.runner):
+            # The runner object is built by pipeline(); the options carry the cluster's address.
+            args = [f"--default_sdk_harness_log_level={self.worker_log_level}"]
+            if self.dask_address:
+                args.append(f"--dask_client_address={self.dask_address}")
         return PipelineOptions(args + list(self.extra_args))
 
     def pipeline(self):
@@ -53,6 +80,10 @@ class BeamConfig(BaseModel):
         """
         import apache_beam as beam
 
+        if is_dask(self.runner):
+            from beam_jobs.dask_runner import DaskRunner
+
+            return beam.Pipeline(runner=DaskRunner(local_workers=self.num_workers), options=self.pipeline_options())
         if not (self.runner == "DirectRunner" and self.running_mode == "multi_processing"):
             return beam.Pipeline(options=self.pipeline_options())
         from apache_beam.portability.api import beam_provision_api_pb2

@@ -1,10 +1,16 @@
 """Stage ``prepare``: corpora -> ``corpus_clean`` + ``corpus_rejects``, every pair accounted for.
 
     read (corpus_raw and/or files: gettext, Moses, TSV, TMX)
-      -> normalize -> eval_overlap -> filters            (batches; labse_core.prepare.process_batch)
-      -> dedupe on the normalized pair, per language     (GroupByKey on pair_key)
-      -> optional cap on translations per source         (GroupByKey on language + source key)
-      -> write clean rows by language, rejects by reason (beam_jobs.io.WritePartitionedRows)
+      -> normalize -> eval_overlap -> filters            (batches; labse_core.prepare.TablePreparer)
+      -> dedupe on the normalized pair, per language     (GroupByKey on language + digest prefix; dedupe_table)
+      -> optional cap on translations per source         (GroupByKey on language + source key prefix)
+      -> write clean rows by language, rejects by reason (beam_jobs.io.WritePartitionedTables)
+
+Between the steps, rows travel as Arrow tables of up to ``batch_size`` rows (kept rows, rejects), not
+one pickled dict per row: the runner moves a few hundred elements per language instead of one per
+pair, and each step works on columns. The decisions are the per-record functions of
+``labse_core.prepare`` (``process_batch``, ``resolve_duplicates``, ``cap_translations``); the tests
+check that the table forms decide exactly as they do.
 
 The manifest of each dataset records the stage counters; the stage refuses to publish unless
 ``input pairs == clean + rejected`` and each dataset's files hold exactly what was counted.
@@ -24,10 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.counters import counters
-from beam_jobs.io import ReadParquetBatches, WritePartitionedRows
+from beam_jobs.io import ReadParquetTables, WritePartitionedTables
 from beam_jobs.options import BeamConfig
 from labse_core import prepare as core
 from labse_core.langcodes import normalize
@@ -68,6 +76,12 @@ class PrepareConfig(BaseModel):
     )
     batch_size: int = Field(2000, ge=1, description="Pairs per batch inside the normalize/filter step.")
     rows_per_file: int = Field(250_000, ge=1, description="Most rows per Parquet file within a partition.")
+    shuffle_digits: int = Field(
+        1, ge=0, le=8,
+        description="Hex digits of the pair digest that shard a language for the dedupe (and cap) shuffle: "
+        "16**n shards per language. More shards bound what one worker holds for one huge language; "
+        "fewer mean fewer, larger groups (cheaper for many small languages).",
+    )
     beam: BeamConfig = Field(default_factory=BeamConfig)
 
 
@@ -115,7 +129,16 @@ class _ReadInputFn(beam.DoFn):
         _count("inputs_read")
 
 
+def _count_reasons(rejects: pa.Table) -> None:
+    if rejects.num_rows:
+        for item in pc.value_counts(rejects.column("reason")).to_pylist():
+            _count(f"rejected.{item['values']}", item["counts"])
+
+
 class _ProcessBatchFn(beam.DoFn):
+    """A batch (Arrow table from corpus_raw, or row dicts from a reader) -> a table of kept rows
+    (main output) and a table of rejects; one ``TablePreparer`` per worker keeps its caches."""
+
     REJECTS = "rejects"
 
     def __init__(self, rules: core.PrepareRules, eval_sets: list[str]):
@@ -124,41 +147,57 @@ class _ProcessBatchFn(beam.DoFn):
 
     def setup(self):
         # Every worker builds the evaluation keys once (Tatoeba: ~220k sentences, a few seconds).
-        self.eval_keys = core.load_eval_keys(self.eval_sets, self.rules.normalize)
+        self.preparer = core.TablePreparer(self.rules, core.load_eval_keys(self.eval_sets, self.rules.normalize))
 
-    def process(self, rows: list[dict]):
-        _count("input_pairs", len(rows))
-        kept, rejects = core.process_batch(rows, self.rules, self.eval_keys)
-        for r in rejects:
-            _count(f"rejected.{r['reason']}")
-            yield beam.pvalue.TaggedOutput(self.REJECTS, r)
-        for r in kept:
-            yield r
-
-
-# What travels through the dedupe shuffle: a tuple in this order, not a dict (a pickled dict repeats
-# every key name in every row; on the direct runner the shuffle is held in the runner's memory).
-SHUFFLE_FIELDS = (*core.ROW_FIELDS, "pair_key", "existing")
+    def process(self, batch):
+        _count("input_pairs", batch.num_rows if isinstance(batch, pa.Table) else len(batch))
+        kept, rejects = self.preparer.process(batch)
+        _count_reasons(rejects)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(self.REJECTS, rejects)
+        if kept.num_rows:
+            yield kept
 
 
-def _to_shuffle(row: dict) -> tuple[str, tuple]:
-    return row["pair_key"], tuple(row.get(f) for f in SHUFFLE_FIELDS)
+def _group_rows(table: pa.Table, keys: list[str]):
+    """``(key, rows of table with that key)`` for each distinct key (one row per key in ``keys``)."""
+    if keys and all(k == keys[0] for k in keys):
+        yield keys[0], table
+        return
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    for k, idx in groups.items():
+        # take copies the rows: a zero-copy slice would pickle its whole parent table
+        yield k, table.take(pa.array(idx, type=pa.int64()))
 
 
-def _from_shuffle(values: tuple) -> dict:
-    return dict(zip(SHUFFLE_FIELDS, values, strict=True))
+def _key_by_pair(table: pa.Table, digits: int):
+    """Kept rows keyed for the dedupe shuffle: the language plus the first ``digits`` hex digits of
+    the pair digest. Every group of equal pair keys lands in one shard, and a shard holds about
+    1/16**digits of a language, which bounds what one worker holds for one huge language."""
+    keys = [f"{lang}:{pk[len(lang) + 1 : len(lang) + 1 + digits]}" for lang, pk in zip(
+        table.column("lang").to_pylist(), table.column("pair_key").to_pylist(), strict=True)]
+    yield from _group_rows(table, keys)
+
+
+def _key_by_source(table: pa.Table, digits: int):
+    """Kept rows keyed for the cap on translations: language plus a prefix of the source's key."""
+    keys = [f"{lang}:{sentence_key(src)[:digits]}" for lang, src in zip(
+        table.column("lang").to_pylist(), table.column("src_text").to_pylist(), strict=True)]
+    yield from _group_rows(table, keys)
 
 
 class _DedupeFn(beam.DoFn):
     REJECTS = "rejects"
 
     def process(self, element):
-        _, rows = element
-        winner, losers = core.resolve_duplicates([_from_shuffle(r) for r in rows])
-        for r in losers:
-            _count(f"rejected.{r['reason']}")
-            yield beam.pvalue.TaggedOutput(self.REJECTS, r)
-        yield winner
+        _, tables = element
+        winners, rejects = core.dedupe_table(pa.concat_tables(list(tables)))
+        _count_reasons(rejects)
+        if rejects.num_rows:
+            yield beam.pvalue.TaggedOutput(self.REJECTS, rejects)
+        yield winners
 
 
 class _CapFn(beam.DoFn):
@@ -168,17 +207,21 @@ class _CapFn(beam.DoFn):
         self.cap = cap
 
     def process(self, element):
-        _, rows = element
-        kept, dropped = core.cap_translations(list(rows), self.cap)
-        for r in dropped:
-            _count(f"rejected.{r['reason']}")
-            yield beam.pvalue.TaggedOutput(self.REJECTS, r)
-        yield from kept
+        _, tables = element
+        kept, dropped = core.cap_table(pa.concat_tables(list(tables)), self.cap)
+        _count_reasons(dropped)
+        if dropped.num_rows:
+            yield beam.pvalue.TaggedOutput(self.REJECTS, dropped)
+        yield kept
 
 
-def _count_clean(row: dict) -> dict:
-    _count("clean_existing" if row.get("existing") else "clean_new")
-    return row
+def _count_clean(table: pa.Table) -> pa.Table:
+    existing = pc.sum(table.column("existing")).as_py() or 0
+    if existing:
+        _count("clean_existing", existing)
+    if table.num_rows - existing:
+        _count("clean_new", table.num_rows - existing)
+    return table
 
 
 def _files(layout: Layout, spec: DatasetSpec, partitions: set[str] | None = None) -> list[str]:
@@ -238,7 +281,7 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
             batches = []
             if raw_files:
                 batches.append(p | "RawFiles" >> beam.Create(raw_files, reshuffle=True)
-                               | "ReadRaw" >> beam.ParDo(ReadParquetBatches(cfg.batch_size)))
+                               | "ReadRaw" >> beam.ParDo(ReadParquetTables(cfg.batch_size)))
             if cfg.inputs:
                 read = (p | "InputFiles" >> beam.Create(cfg.inputs, reshuffle=True)
                         | "ReadInputs" >> beam.ParDo(_ReadInputFn(cfg.batch_size)).with_outputs(_ReadInputFn.ERRORS, main="rows"))
@@ -254,12 +297,12 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
             kept = processed.kept
             if existing_clean:
                 old = (p | "OldCleanFiles" >> beam.Create(existing_clean, reshuffle=True)
-                       | "ReadOldClean" >> beam.ParDo(ReadParquetBatches(cfg.batch_size, {"existing": True}))
-                       | "OldCleanRows" >> beam.FlatMap(lambda rows: rows))
+                       | "ReadOldClean" >> beam.ParDo(ReadParquetTables(cfg.batch_size, {"existing": True}))
+                       | "OldCleanKept" >> beam.Map(core.conform, core.KEPT_SCHEMA))
                 kept = (kept, old) | "WithOldClean" >> beam.Flatten()
             if cfg.dedupe:
                 deduped = (
-                    kept | "KeyByPair" >> beam.Map(_to_shuffle)
+                    kept | "KeyByPair" >> beam.FlatMap(_key_by_pair, cfg.shuffle_digits)
                     | "GroupDuplicates" >> beam.GroupByKey()
                     | "KeepFirst" >> beam.ParDo(_DedupeFn()).with_outputs(_DedupeFn.REJECTS, main="kept")
                 )
@@ -267,20 +310,20 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
                 kept = deduped.kept
             if cfg.max_translations_per_source:
                 capped = (
-                    kept | "KeyBySource" >> beam.Map(lambda r: ((r["lang"], sentence_key(r["src_text"])), r))
+                    kept | "KeyBySource" >> beam.FlatMap(_key_by_source, cfg.shuffle_digits)
                     | "GroupBySource" >> beam.GroupByKey()
                     | "Cap" >> beam.ParDo(_CapFn(cfg.max_translations_per_source)).with_outputs(_CapFn.REJECTS, main="kept")
                 )
                 rejects.append(capped[_CapFn.REJECTS])
                 kept = capped.kept
             _ = (kept | "CountClean" >> beam.Map(_count_clean)
-                 | "WriteClean" >> WritePartitionedRows(CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file))
+                 | "WriteClean" >> WritePartitionedTables(CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file))
             if existing_rejects:
                 rejects.append(p | "OldRejectFiles" >> beam.Create(existing_rejects, reshuffle=True)
-                               | "ReadOldRejects" >> beam.ParDo(ReadParquetBatches(cfg.batch_size))
-                               | "OldRejectRows" >> beam.FlatMap(lambda rows: rows))
+                               | "ReadOldRejects" >> beam.ParDo(ReadParquetTables(cfg.batch_size))
+                               | "OldRejectRows" >> beam.Map(core.conform, core.REJECT_SCHEMA))
             _ = (rejects | "AllRejects" >> beam.Flatten()
-                 | "WriteRejects" >> WritePartitionedRows(REJECTS, rejects_w.staging, cfg.rows_per_file))
+                 | "WriteRejects" >> WritePartitionedTables(REJECTS, rejects_w.staging, cfg.rows_per_file))
         stats = counters(p.result, NAMESPACE)
         errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
         if errors and not cfg.skip_bad_inputs:

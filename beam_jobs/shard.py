@@ -112,7 +112,7 @@ def example_bytes(pair: dict) -> bytes:
     f["tgt_lang"].bytes_list.value.append(pair["tgt_lang"].encode())
     f["src_ids"].int64_list.value.extend(pair["src_ids"])
     f["tgt_ids"].int64_list.value.extend(pair["tgt_ids"])
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)  # map keys sorted: the same bytes in every process
 
 
 def write_tfrecord(path: Path, records: list[bytes]) -> None:

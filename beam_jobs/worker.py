@@ -51,3 +51,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def dask_setup(worker) -> None:
+    """Dask worker preload hook (``LocalCluster(preload=["beam_jobs.worker"])``; on a remote cluster
+    ``dask worker --preload beam_jobs.worker``): the same quiet logging in Dask's worker processes."""
+    quiet_beam_logging()

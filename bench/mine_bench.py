@@ -216,6 +216,7 @@ def _worker(args) -> None:
     import faiss  # noqa: F401  (imports are not what is measured)
 
     from labse_core.mining import miner  # noqa: F401
+
     t0, c0 = time.perf_counter(), time.process_time()
     xp, yp = data / "x.npy", data / "y.npy"
     if args.worker == "brute":
@@ -229,21 +230,45 @@ def _worker(args) -> None:
         pairs = sampled_exact_forward(xp, yp, args.k, args.threshold, args.sample)
     else:
         raise SystemExit(f"unknown worker {args.worker}")
-    res = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "pairs": len(pairs)}
+    res = {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "pairs": len(pairs),
+    }
     np.save(data / f"pairs-{args.worker}.npy", np.asarray(pairs, np.int64).reshape(-1, 2))
     print(json.dumps(res))
 
 
 def _run_child(method: str, data: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "bench.mine_bench", "--worker", method, "--data", str(data), "--k", str(args.k),
-           "--threshold", str(args.threshold), "--flat-max", str(args.flat_max), "--nprobe", str(args.nprobe),
-           "--sample", str(args.sample)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.mine_bench",
+        "--worker",
+        method,
+        "--data",
+        str(data),
+        "--k",
+        str(args.k),
+        "--threshold",
+        str(args.threshold),
+        "--flat-max",
+        str(args.flat_max),
+        "--nprobe",
+        str(args.nprobe),
+        "--sample",
+        str(args.sample),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
-                "seconds": time.perf_counter() - t0}
+        return {
+            "error": proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}",
+            "seconds": time.perf_counter() - t0,
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -270,12 +295,20 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 10k only (smoke run)")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--k", type=int, default=4)
-    p.add_argument("--threshold", type=float, default=1.2,
-                   help="ratio margin kept (planted pairs score ~1.6, unrelated best neighbours ~1.1 on this data)")
-    p.add_argument("--flat-max", type=int, default=50_000, help="ours: auto uses the exact index up to this size")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=1.2,
+        help="ratio margin kept (planted pairs score ~1.6, unrelated best neighbours ~1.1 on this data)",
+    )
+    p.add_argument(
+        "--flat-max", type=int, default=50_000, help="ours: auto uses the exact index up to this size"
+    )
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--brute-max", type=int, default=100_000, help="largest N for the numpy brute force")
-    p.add_argument("--flat-limit", type=int, default=100_000, help="largest N for ours-flat and LASER's recipe")
+    p.add_argument(
+        "--flat-limit", type=int, default=100_000, help="largest N for ours-flat and LASER's recipe"
+    )
     p.add_argument("--sample", type=int, default=2000, help="source rows for sample_recall")
     p.add_argument("--workdir", default=None, help="where the data files go (default: a temporary folder)")
     p.add_argument("--out", default=None)
@@ -286,11 +319,21 @@ def main(argv=None) -> int:
         _worker(args)
         return 0
     sizes = [10_000] if args.quick else args.sizes
-    out_path = Path(args.out) if args.out else RESULTS / ("mine_bench.quick.json" if args.quick else "mine_bench.json")
-    report = {"command": " ".join(["python -m bench.mine_bench", *(argv if argv is not None else sys.argv[1:])]),
-              "settings": {k: getattr(args, k) for k in ("dim", "k", "threshold", "flat_max", "nprobe", "brute_max",
-                                                          "flat_limit", "sample")},
-              "versions": _versions(), "load_before": os.getloadavg(), "sizes": []}
+    out_path = (
+        Path(args.out)
+        if args.out
+        else RESULTS / ("mine_bench.quick.json" if args.quick else "mine_bench.json")
+    )
+    report = {
+        "command": " ".join(["python -m bench.mine_bench", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {
+            k: getattr(args, k)
+            for k in ("dim", "k", "threshold", "flat_max", "nprobe", "brute_max", "flat_limit", "sample")
+        },
+        "versions": _versions(),
+        "load_before": os.getloadavg(),
+        "sizes": [],
+    }
     root = Path(args.workdir or tempfile.mkdtemp(prefix="mine-bench-"))
     for n in sizes:
         data = root / f"n{n}"
@@ -309,7 +352,9 @@ def main(argv=None) -> int:
             print(f"N={n:>9,} {m:<10} {json.dumps(entry['methods'][m])}", flush=True)
         gold = set(map(tuple, np.load(data / "gold.npy").tolist()))
         got = _pairs(data, "ours") if "error" not in entry["methods"]["ours"] else set()
-        exact_name = next((m for m in ("brute", "ours-flat") if m in methods and "error" not in entry["methods"][m]), None)
+        exact_name = next(
+            (m for m in ("brute", "ours-flat") if m in methods and "error" not in entry["methods"][m]), None
+        )
         if exact_name:
             exact = _pairs(data, exact_name)
             entry["exact"] = exact_name
@@ -335,10 +380,14 @@ def main(argv=None) -> int:
             if "error" in r:
                 print(f"{e['n']:>10,} {m:<10} error: {r['error']}")
                 continue
-            print(f"{e['n']:>10,} {m:<10} {r['seconds']:>9.1f} {r['cpu_seconds']:>8.1f} {r['peak_rss_gib']:>9.2f} "
-                  f"{r['pairs']:>9,}  {r.get('identical_to_exact', '')}")
-        print(f"{'':>10} recall of exact ({e.get('exact')}): {e.get('recall')}, sample_recall: {e.get('sample_recall')}, "
-              f"gold_recall: {e['gold_recall']:.4f}")
+            print(
+                f"{e['n']:>10,} {m:<10} {r['seconds']:>9.1f} {r['cpu_seconds']:>8.1f} {r['peak_rss_gib']:>9.2f} "
+                f"{r['pairs']:>9,}  {r.get('identical_to_exact', '')}"
+            )
+        print(
+            f"{'':>10} recall of exact ({e.get('exact')}): {e.get('recall')}, sample_recall: {e.get('sample_recall')}, "
+            f"gold_recall: {e['gold_recall']:.4f}"
+        )
     print(f"wrote {out_path}")
     return 0
 

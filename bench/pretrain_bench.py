@@ -1,36 +1,46 @@
-"""Pretraining throughput: our loop vs Hugging Face's Trainer + BertForMaskedLM, same model, data, batches.
+"""Pretraining throughput: our loop vs Hugging Face's Trainer + BertForMaskedLM, equal work.
 
-    python -m bench.pretrain_bench                      # CPU: small encoder, ~1-2 minutes on 2 cores
-    python -m bench.pretrain_bench --model base --steps 50 --batch-size 128   # on a GPU
+    python -m bench.pretrain_bench                  # CPU, `small` encoder: ~5 minutes on 2 cores
+    python -m bench.pretrain_bench --quick          # ~1.5 minutes: fewer steps, one repeat fewer
+    python -m bench.pretrain_bench --model base --steps 30 --batch-size 128 --bf16   # on a GPU
 
-What it does, in one process:
-  1. builds MLM shards from this machine's gettext catalogs (real text, 6 languages), tokenized with
-     the project's sentencepiece vocabulary (labse_core.vocab; a byte-level stand-in if unavailable);
-  2. measures this machine's matmul peak with a large torch.matmul (fp32; on CUDA also bf16);
-  3. runs our loop (`labse_core.pretrain.train.run`, MLM only) for warmup + steps steps;
-  4. runs the peer on *the same batches* (the first batches of the same stream, already masked) and
-     from *the same initial weights*: `transformers.Trainer` with `BertForMaskedLM`. Without the
-     `accelerate` package the Trainer cannot start; the peer is then BertForMaskedLM in a plain
-     torch AdamW loop (what the Trainer runs inside), and the table says so;
-  5. prints tokens/s (real tokens, padding excluded), MFU and the ratio ours/peer.
+Equal work, enforced:
+  * the same model: BertForMaskedLM holds our freshly initialised weights (same seed, mapped by name,
+    decoder tied to the word embeddings as ours), the same geometry, dropout 0 on both sides;
+  * the same data: the peer trains on *the batches our run reads* (the first warmup + steps batches of
+    our stream of gettext MLM shards, already masked, saved once by the parent), so sentences, batch
+    size, sequence lengths, padding and masked positions are identical. Each side reports the real
+    tokens of every step and the parent checks the two lists are equal, and that both sides' first-step
+    loss agrees (same weights, same batch: the same number up to float rounding);
+  * the same optimizer and schedule: AdamW (lr, betas, eps, weight decay without decay on biases and
+    LayerNorm weights: the Trainer's default grouping), linear warm-up + decay, clipping at 1.0;
+  * the same dtype (fp32 on CPU; bf16 autocast on a GPU with --bf16) and the same threads: each side
+    runs in its own fresh process with torch.set_num_threads(--threads) and OMP/MKL_NUM_THREADS set.
+What differs, by design (the implementation being measured): our MLM head is computed at the masked
+positions only (BertForMaskedLM computes it at every position); our encoder runs over the real tokens
+only and its last layer only for the masked rows the head reads (labse_core.model.unpadded: the same
+function to float rounding); our AdamW is the fused kernel (the Trainer's default `adamw_torch` is the
+foreach one). Our timed steps include reading, collating and masking the batch from Parquet (the
+peer's batches are prebuilt tensors: that favours the peer).
 
-MFU = tokens/s x flops_per_token(encoder, mean padded length) / measured matmul peak, with
-flops_per_token = 6 N + 12 L d T (labse_core.model.encoder): the same numerator per token for both
-systems, so the MFU ratio is the throughput ratio. It leaves out the MLM head, which our loop applies
-at the ~15% masked positions only and BertForMaskedLM at every position. Step times include data
-loading for ours (streamed from Parquet, collated, masked) but not for the peer (batches prebuilt).
-On CUDA both run under bf16 autocast (the peer with Trainer's bf16=True) and MFU is also given
-against the nominal dense bf16 peak of an H100 SXM (989 TFLOP/s).
+Metric: real (non-pad) tokens per second over the timed steps (the first --warmup steps excluded),
+interleaved repeats A B A B ..., min and median of each and the ratios of both; each child's wall
+time, CPU-seconds and peak RSS, the load average and other processes' CPU (bench.common). MFU =
+tokens/s x flops_per_token(encoder, mean padded length) / the matmul peak measured here with the same
+threads; flops_per_token = 6 N + 12 L d T (head excluded, the same numerator for both sides).
+Writes bench/results/pretrain_bench[_<model>][.quick].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from bench import common
 from labse_core.data.shards import write_shards
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import flops_per_token
@@ -50,7 +61,7 @@ from storage.schemas import SHARD_MLM
 LOCALES = Path("/usr/share/locale")
 LANGS = ("de", "fr", "es", "ru", "ja", "pt")
 DOMAINS = ("glib20", "gtk20")
-H100_BF16_DENSE = 989e12
+PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pyarrow", "sentencepiece")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -59,6 +70,8 @@ H100_BF16_DENSE = 989e12
 
 def build_mlm_shards(out: Path, vocab_size: int = 3000) -> tuple[Path, int]:
     """MLM shards of gettext sentences (English + 6 languages); returns (folder, vocabulary size)."""
+    from labse_core import vocab
+
     sentences: list[tuple[str, str]] = []
     english: set[str] = set()
     for lang in LANGS:
@@ -72,76 +85,41 @@ def build_mlm_shards(out: Path, vocab_size: int = 3000) -> tuple[Path, int]:
     if not sentences:
         raise SystemExit(f"no gettext catalogs for {LANGS} under {LOCALES}")
     texts = [t for _, t in sentences]
-    try:
-        import sentencepiece as spm
+    import sentencepiece as spm
 
-        from labse_core import vocab
-
-        model = vocab.train_sentencepiece(texts, out / "spm", vocab.VocabConfig(vocab_size=vocab_size))
-        sp = spm.SentencePieceProcessor(model_file=str(model))
-        ids, size = sp.encode(texts), sp.get_piece_size()
-    except ImportError:  # byte-level stand-in with the same special ids (5.. = bytes)
-        ids, size = [[5 + b for b in t.encode()] for t in texts], 261
+    # One trainer thread: the same vocabulary on every run (and no competition with a measurement).
+    model = vocab.train_sentencepiece(
+        texts, out / "spm", vocab.VocabConfig(vocab_size=vocab_size, num_threads=1)
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(model))
     table = pa.table(
         {
             "lang": [lang for lang, _ in sentences],
             "text": texts,
-            "input_ids": pa.array(ids, pa.list_(pa.int32())),
+            "input_ids": pa.array(sp.encode(texts), pa.list_(pa.int32())),
         }
     ).take(np.random.default_rng(0).permutation(len(texts)))
     write_shards(SHARD_MLM, table, out / "mlm", rows_per_file=5000)
-    return out / "mlm", size
+    return out / "mlm", sp.get_piece_size()
 
 
 # ---------------------------------------------------------------------------------------------------
-# Peak
+# The two sides (each runs in its own process: `--side ours|peer --spec spec.json`)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, seconds: float = 2.0) -> float:
-    """Best FLOP/s of an n x n x n matmul over a few timed rounds."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        reps = 10 if device.type == "cuda" else 2
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync()
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
-    return best
+def config_of(spec: dict) -> PretrainConfig:
+    return PretrainConfig(**spec["config"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# The two systems
-
-
-@dataclass
-class Measured:
-    system: str
-    precision: str
-    tokens_per_s: float
-    mean_len: float
-    final_loss: float
-
-
-def steady(tokens: list[int], times: list[float], warmup: int) -> float:
-    return sum(tokens[warmup:]) / sum(times[warmup:])
-
-
-def run_ours(cfg: PretrainConfig, home: Path, warmup: int) -> Measured:
-    result = run(cfg, Layout(home))
-    return Measured(
-        "ours: labse_core.pretrain.train.run",
-        "bf16" if cfg.bf16 and torch.cuda.is_available() else "fp32",
-        steady(result.tokens, result.step_times, warmup),
-        0.0,
-        float(np.mean(result.losses[-5:])),
-    )
+def side_ours(spec: dict, work: Path) -> dict:
+    cfg = config_of(spec).model_copy(update=spec.get("ours_overrides", {}))
+    result = run(cfg, Layout(work))
+    return {
+        "step_times": result.step_times,
+        "tokens": result.tokens,
+        "losses": result.losses,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def hf_masked_lm(cfg: PretrainConfig):
@@ -157,37 +135,25 @@ def hf_masked_lm(cfg: PretrainConfig):
         if not k.startswith("word_embeddings")
     }
     missing, unexpected = peer.load_state_dict(state, strict=False)
-    assert not unexpected and all("decoder" in k for k in missing), (missing, unexpected)
+    if unexpected or not all("decoder" in k for k in missing):
+        raise RuntimeError(
+            f"weight mapping to BertForMaskedLM failed: missing {missing}, unexpected {unexpected}"
+        )
     peer.tie_weights()
-    assert (
+    if (
         peer.cls.predictions.decoder.weight.data_ptr()
-        == peer.bert.embeddings.word_embeddings.weight.data_ptr()
-    )
+        != peer.bert.embeddings.word_embeddings.weight.data_ptr()
+    ):
+        raise RuntimeError("BertForMaskedLM's decoder is not tied to its word embeddings")
     return peer
 
 
-def run_peer(cfg: PretrainConfig, batches: list[dict], out: Path, warmup: int) -> Measured:
-    model = hf_masked_lm(cfg)
-    cuda = torch.cuda.is_available()
-    precision = "bf16" if cfg.bf16 and cuda else "fp32"
-    try:
-        import accelerate  # noqa: F401  (transformers.Trainer refuses to start without it)
-    except ImportError:
-        return _peer_plain_loop(model, cfg, batches, warmup, precision)
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    ends: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if cuda:
-                torch.cuda.synchronize()
-            ends.append(time.perf_counter())
-
-    args = TrainingArguments(
+def peer_arguments(cfg: PretrainConfig, out: Path, steps: int, bf16: bool) -> dict:
+    """The Trainer's exact configuration (recorded in the results JSON)."""
+    return dict(
         output_dir=str(out),
-        max_steps=len(batches),
-        per_device_train_batch_size=1,  # one item = one prebuilt batch
+        max_steps=steps,
+        per_device_train_batch_size=1,  # one dataset item = one prebuilt batch
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         lr_scheduler_type="linear",
@@ -196,9 +162,12 @@ def run_peer(cfg: PretrainConfig, batches: list[dict], out: Path, warmup: int) -
         adam_beta2=cfg.betas[1],
         adam_epsilon=cfg.eps,
         max_grad_norm=cfg.grad_clip,
-        bf16=precision == "bf16",
-        use_cpu=not cuda,
-        logging_steps=len(batches) + 1,
+        optim="adamw_torch",
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        # One log, of step 1 (its loss is the equal-work check): no per-step logging cost.
+        logging_first_step=True,
+        logging_steps=steps + 1,
         save_strategy="no",
         report_to=[],
         dataloader_num_workers=0,
@@ -206,7 +175,42 @@ def run_peer(cfg: PretrainConfig, batches: list[dict], out: Path, warmup: int) -
         seed=cfg.seed,
         disable_tqdm=True,
     )
-    trainer = Trainer(
+
+
+def side_peer(spec: dict, work: Path) -> dict:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    cfg = config_of(spec)
+    batches = torch.load(spec["batches"], weights_only=True)
+    model = hf_masked_lm(cfg)
+    cuda = torch.cuda.is_available()
+    ends: list[float] = []
+    losses: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    class InOrder(Trainer):
+        """The Trainer, but reading its dataset in order (ours reads the batches in this order)."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    seen: list[int] = []  # real tokens of every batch the model is called on, as the Trainer feeds it
+
+    def count(module, args, kwargs):
+        seen.append(int(kwargs["attention_mask"].sum()))
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    args = TrainingArguments(**peer_arguments(cfg, work / "peer", len(batches), spec["bf16"]))
+    trainer = InOrder(
         model=model,
         args=args,
         train_dataset=batches,
@@ -214,52 +218,32 @@ def run_peer(cfg: PretrainConfig, batches: list[dict], out: Path, warmup: int) -
         callbacks=[Clock()],
     )
     start = time.perf_counter()
-    out_state = trainer.train()
-    times = np.diff([start, *ends]).tolist()
-    tokens = [int(b["attention_mask"].sum()) for b in batches]
-    return Measured(
-        "peer: transformers.Trainer + BertForMaskedLM",
-        precision,
-        steady(tokens, times, warmup),
-        0.0,
-        out_state.training_loss,
-    )
+    trainer.remove_callback(PrinterCallback)  # no log lines on stdout
+    trainer.train()
+    return {
+        "step_times": np.diff([start, *ends]).tolist(),
+        "tokens": seen,
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def _peer_plain_loop(
-    model, cfg: PretrainConfig, batches: list[dict], warmup: int, precision: str
-) -> Measured:
-    from labse_core.training.optim import lr_at, param_groups
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    times, tokens, losses = [], [], []
-    for step, b in enumerate(batches):
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        b = {k: v.to(device) for k, v in b.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(**b).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())  # syncs on CUDA
-        times.append(time.perf_counter() - t0)
-        tokens.append(int(b["attention_mask"].sum()))
-    return Measured(
-        "peer: BertForMaskedLM + torch AdamW loop (Trainer needs `accelerate`, not installed)",
-        precision,
-        steady(tokens, times, warmup),
-        0.0,
-        float(np.mean(losses[-5:])),
-    )
+def child(side: str, spec_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    if not torch.cuda.is_available():
+        torch.set_num_threads(spec["threads"])
+    with tempfile.TemporaryDirectory(prefix=f"pretrain-bench-{side}-") as tmp:
+        out = (side_ours if side == "ours" else side_peer)(spec, Path(tmp))
+    common.child_report(out)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Main
+
+
+def steady_rate(out: dict, warmup: int) -> float:
+    """Real tokens per second over the steps after the warm-up."""
+    return sum(out["tokens"][warmup:]) / sum(out["step_times"][warmup:])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -267,120 +251,219 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m bench.pretrain_bench", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model", default="small", choices=["tiny", "small", "base"])
-    parser.add_argument("--steps", type=int, default=25, help="timed steps per system")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps per system")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per side (default 40; --quick 15)"
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps per side")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="alternate ours/peer this often; best of each")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="A B A B ... repeats (default 3; --quick 2)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads on CPU (default 1: on a small shared machine two OpenMP threads per "
-        "matmul spin-wait on each other and run several times slower; 0 = torch's default)",
+        help="torch/OpenMP threads per side on CPU (default 1: on a small shared machine two OpenMP threads "
+        "per matmul spin-wait on each other)",
     )
-    parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (GPU)")
+    parser.add_argument(
+        "--ours",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a field of our PretrainConfig only (e.g. compile=true); recorded in the results",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps and repeats (for `make bench-quick`)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="results JSON (default bench/results/pretrain_bench[...].json)"
+    )
+    parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.side:
+        child(args.side, args.spec)
+        return {}
+    steps = args.steps or (15 if args.quick else 40)
+    repeats = args.repeats or (2 if args.quick else 3)
+    ours_overrides = {}
+    for item in args.ours:
+        key, _, value = item.partition("=")
+        if key not in PretrainConfig.model_fields:
+            parser.error(f"--ours {item}: PretrainConfig has no field {key!r}")
+        ours_overrides[key] = json.loads(value)
     cuda = torch.cuda.is_available()
-    if args.threads and not cuda:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if cuda else "cpu")
+    if cuda and not args.bf16:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
     work = Path(tempfile.mkdtemp(prefix="pretrain-bench-"))
-
     t0 = time.perf_counter()
     shards, vocab_size = build_mlm_shards(work / "data")
     print(f"data: MLM shards of gettext text in {time.perf_counter() - t0:.1f}s, vocabulary {vocab_size}")
 
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows and peak are true fp32, not tf32
-    peaks = {"fp32": matmul_peak(device, torch.float32, 8192 if cuda else 2048)}
-    if cuda:
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16, 8192)
-
-    total = args.warmup + args.steps
-    precisions = ["fp32", "bf16"] if cuda else ["fp32"]
-    rows: list[dict] = []
-    for precision in precisions:
-        cfg = PretrainConfig(
-            run_name=f"bench-{precision}",
-            encoder_preset=args.model,
-            vocab_size=vocab_size,
-            dropout=0.0,
-            mlm_shards=str(shards),
-            tlm_ratio=0.0,
-            max_len=args.max_len,
-            batch_size=args.batch_size,
-            lr=1e-3,
-            warmup_steps=args.warmup,
-            max_steps=total,
-            bf16=precision == "bf16",
-            checkpoint_every=10**9,
-            mlflow=False,
-            progress=False,
-        )
-        # The peer's batches: the first `total` batches of the very stream our run reads.
-        loader = make_loader(cfg, "mlm", shards, 0, 1)
-        it = iter(loader)
-        batches = [next(it) for _ in range(total)]
-        mean_len = float(np.mean([b["input_ids"].shape[1] for b in batches]))
-        padding = 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(
-            b["attention_mask"].numel() for b in batches
-        )
-        ecfg = build_model(cfg).encoder.cfg
-        fpt = flops_per_token(ecfg, round(mean_len))
-        # Alternate the two systems and keep the best of each: load from other processes on a shared
-        # machine then hits both alike instead of whichever ran second.
-        ours: Measured | None = None
-        peer: Measured | None = None
-        for rep in range(args.repeats):
-            o = run_ours(cfg, work / f"home-{precision}-{rep}", args.warmup)
-            q = run_peer(cfg, batches, work / f"peer-{precision}-{rep}", args.warmup)
-            ours = o if ours is None or o.tokens_per_s > ours.tokens_per_s else ours
-            peer = q if peer is None or q.tokens_per_s > peer.tokens_per_s else peer
-        for m in (ours, peer):
-            m.mean_len = mean_len
-            row = {
-                "system": m.system,
-                "precision": m.precision,
-                "tokens_per_s": m.tokens_per_s,
-                "model_flops_per_s": m.tokens_per_s * fpt,
-                "mfu": m.tokens_per_s * fpt / peaks[precision],
-                "final_loss": m.final_loss,
-                "mean_len": mean_len,
-                "padding": padding,
-            }
-            if precision == "bf16":
-                row["mfu_vs_h100_nominal"] = m.tokens_per_s * fpt / H100_BF16_DENSE
-            rows.append(row)
-
-    threads = f", threads={torch.get_num_threads()}" if not cuda else f" ({torch.cuda.get_device_name()})"
-    print(
-        f"\ndevice: {device}{threads}   model: {args.model} ({ecfg.num_layers} layers, d={ecfg.hidden_size}, "
-        f"V={ecfg.vocab_size})   batch: {args.batch_size} sentences, mean padded length {mean_len:.1f}, "
-        f"padding {100 * rows[0]['padding']:.1f}%   timed steps: {args.steps} after {args.warmup}, "
-        f"best of {args.repeats}"
+    total = args.warmup + steps
+    cfg = PretrainConfig(
+        run_name="bench",
+        encoder_preset=args.model,
+        vocab_size=vocab_size,
+        dropout=0.0,
+        mlm_shards=str(shards),
+        tlm_ratio=0.0,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        warmup_steps=args.warmup,
+        max_steps=total,
+        bf16=args.bf16,
+        checkpoint_every=10**9,
+        mlflow=False,
+        progress=False,
     )
-    for p, v in peaks.items():
-        print(f"measured {p} matmul peak: {v / 1e9:,.1f} GFLOP/s")
-    print(f"model FLOPs/token (6N + 12LdT, head excluded): {fpt / 1e6:,.2f} M\n")
-    header = f"{'system':<84} {'prec':<5} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>7} {'loss':>6}"
-    print(header + ("  MFU vs 989 TF" if cuda else ""))
-    print("-" * len(header))
-    for r in rows:
-        extra = f"  {100 * r['mfu_vs_h100_nominal']:.2f}%" if "mfu_vs_h100_nominal" in r else ""
-        print(
-            f"{r['system']:<84} {r['precision']:<5} {r['tokens_per_s']:>10,.0f} {r['model_flops_per_s'] / 1e9:>9,.1f} "
-            f"{100 * r['mfu']:>6.2f}% {r['final_loss']:>6.3f}{extra}"
-        )
-    ratios = {
-        p: rows[2 * i]["tokens_per_s"] / rows[2 * i + 1]["tokens_per_s"] for i, p in enumerate(precisions)
+    # The peer's batches: the first `total` batches of the very stream our run reads.
+    loader = make_loader(cfg, "mlm", shards, 0, 1)
+    it = iter(loader)
+    batches = [next(it) for _ in range(total)]
+    torch.save(batches, work / "batches.pt")
+    real = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup :])
+    padded = sum(b["attention_mask"].numel() for b in batches[args.warmup :])
+    mean_len = float(np.mean([b["input_ids"].shape[1] for b in batches[args.warmup :]]))
+    ecfg = build_model(cfg).encoder.cfg
+    fpt = flops_per_token(ecfg, round(mean_len))
+    spec = {
+        "config": cfg.model_dump(mode="json"),
+        "ours_overrides": ours_overrides,
+        "batches": str(work / "batches.pt"),
+        "threads": args.threads,
+        "bf16": args.bf16,
     }
-    for p, r in ratios.items():
-        print(f"ratio ours/peer ({p}): {r:.2f}x")
-    summary = {"peaks": peaks, "rows": rows, "ratios": ratios, "model": args.model, "device": str(device)}
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    torch.set_num_threads(args.threads)
+    device = "cuda" if cuda else "cpu"
+    dtype = "bfloat16" if args.bf16 else "float32"
+    peak = common.matmul_peak(device, dtype, 8192 if cuda else 1024, seconds=3.0)
+    print(f"measured {dtype} matmul peak ({args.threads} thread(s)): {peak / 1e9:,.1f} GFLOP/s")
+
+    env = common.thread_env(args.threads)
+
+    def side(name: str):
+        return lambda: common.measure_child(
+            [sys.executable, "-m", "bench.pretrain_bench", "--side", name, "--spec", work / "spec.json"],
+            env=env,
+        )
+
+    def show(name: str, rep: int, r: common.ChildRun) -> None:
+        rate = steady_rate(r.result, args.warmup)
+        flag = f"  FLAGGED: {'; '.join(r.flags)}" if r.flags else ""
+        print(
+            f"  {name:<4} #{rep + 1}: {rate:9,.0f} real tokens/s   child {r.wall_s:6.1f}s wall "
+            f"{r.cpu_s:6.1f} CPU-s {r.peak_rss_mb:6.0f} MB{flag}",
+            flush=True,
+        )
+
+    runs = common.interleave({"ours": side("ours"), "peer": side("peer")}, repeats, show)
+
+    # Equal work, checked: the same real tokens per step, the same first-step loss.
+    for name, rs in runs.items():
+        for r in rs:
+            if r.result["tokens"] != runs["ours"][0].result["tokens"]:
+                raise SystemExit(
+                    f"{name}: its batches differ from ours (real tokens per step): not equal work"
+                )
+            if r.result["threads"] != (torch.get_num_threads() if cuda else args.threads):
+                raise SystemExit(f"{name}: ran with {r.result['threads']} threads, not {args.threads}")
+    loss0 = {name: rs[0].result["losses"][0] for name, rs in runs.items()}
+    if abs(loss0["ours"] - loss0["peer"]) > 1e-3 * max(1.0, abs(loss0["peer"])):
+        raise SystemExit(
+            f"first-step losses differ (ours {loss0['ours']:.5f}, peer {loss0['peer']:.5f}): not equal work"
+        )
+
+    rates = {name: [steady_rate(r.result, args.warmup) for r in rs] for name, rs in runs.items()}
+    shutil.rmtree(work, ignore_errors=True)  # shards, batches, model folders: not needed any more
+    tokens_cmp = common.compare(rates["ours"], rates["peer"], higher_is_better=True)
+    mfu = {
+        name: {"best": max(v) * fpt / peak, "median": tokens_cmp[name]["median"] * fpt / peak}
+        for name, v in rates.items()
+    }
+    metrics = {
+        "real_tokens_per_s": tokens_cmp,
+        "child_wall_s": common.compare(
+            [r.wall_s for r in runs["ours"]], [r.wall_s for r in runs["peer"]], higher_is_better=False
+        ),
+        "child_cpu_s": common.compare(
+            [r.cpu_s for r in runs["ours"]], [r.cpu_s for r in runs["peer"]], higher_is_better=False
+        ),
+        "peak_rss_mb": {name: max(r.peak_rss_mb for r in rs) for name, rs in runs.items()},
+        "mfu": mfu,
+        "matmul_peak_flops": peak,
+        "model_flops_per_token": fpt,
+        "first_step_loss": loss0,
+        "timed_real_tokens_per_side": real,
+        "timed_padded_tokens_per_side": padded,
+        "padding": 1 - real / padded,
+        "mean_padded_len": mean_len,
+    }
+    name = (
+        "pretrain_bench"
+        + ("" if args.model == "small" else f"_{args.model}")
+        + (".quick" if args.quick else "")
+    )
+    result = common.Result(
+        name=name,
+        command=common.command_line(),
+        equal_work=(
+            f"same {args.model} model and initial weights (BertForMaskedLM loaded from ours, decoder tied), "
+            f"the same {total} batches of {args.batch_size} sentences (max_len {args.max_len}, already "
+            f"masked: identical real tokens per step, checked, and first-step loss, checked), AdamW with the "
+            f"same hyper-parameters and schedule, clipping 1.0, dropout 0, {dtype}, {args.threads} thread(s) "
+            "per side, each side in its own process. Differences by design: our MLM head runs at masked "
+            "positions only, our encoder over real tokens only with its last layer for the masked rows only, "
+            "our AdamW is fused; our steps include reading/collating/masking from Parquet, the peer's "
+            "batches are prebuilt."
+        ),
+        ours={
+            "system": "labse_core.pretrain.train.run",
+            "config": cfg.model_dump(mode="json") | ours_overrides,
+        },
+        peer={
+            "system": "transformers.Trainer + BertForMaskedLM",
+            "training_arguments": peer_arguments(cfg, Path("<tmp>"), total, args.bf16)
+            | {"output_dir": "<tmp>"},
+            "bert_config": build_model(cfg).encoder.bert.config.to_diff_dict(),
+            "batches": f"our stream's first {total} batches, in order (SequentialSampler), via a collator "
+            "that returns them unchanged",
+        },
+        metrics=metrics,
+        runs=common.runs_json(runs),
+        flags=common.flags_of(runs),
+        versions=common.versions(*PACKAGES),
+    )
+    result.ours["threads"] = result.peer["threads"] = args.threads
+    result.ours["timed_steps"] = result.peer["timed_steps"] = steps
+    result.ours["warmup_steps_excluded"] = result.peer["warmup_steps_excluded"] = args.warmup
+    path = common.write_result(result, path=args.out)
+
+    print(
+        f"\nmodel {args.model} ({ecfg.num_layers} layers, d={ecfg.hidden_size}, V={ecfg.vocab_size}), batch "
+        f"{args.batch_size}, mean padded length {mean_len:.1f}, padding {100 * metrics['padding']:.1f}%, "
+        f"{steps} timed steps after {args.warmup}, {repeats} interleaved repeats, {dtype}, {args.threads} thread(s)"
+    )
+    for side_name in ("ours", "peer"):
+        s = tokens_cmp[side_name]
+        print(
+            f"{side_name:<5} real tokens/s  max {s['max']:9,.0f}  median {s['median']:9,.0f}  min {s['min']:9,.0f}"
+            f"   MFU (best) {100 * mfu[side_name]['best']:.1f}%"
+        )
+    print(
+        f"ratio ours/peer: median {tokens_cmp['ratio_of_median']:.2f}x, best {tokens_cmp['ratio_of_best']:.2f}x, "
+        f"min {tokens_cmp['ratio_of_min']:.2f}x"
+    )
+    if result.flags:
+        print("FLAGGED (load from other processes):\n  " + "\n  ".join(result.flags))
+    print(f"wrote {path}")
+    return dataclasses.asdict(result)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@
     labse datasets                     list published datasets
     labse catalog-refresh              rebuild the DuckDB views
     labse ui mlflow|prefect            start the MLflow or Prefect UI on this home
+    labse server up|down|status        local Prefect + MLflow servers for this home (127.0.0.1)
+    labse serve [--cron C]             deployments (pipeline, stages, scheduled-retrain) on that server
+    labse pull models:/labse@champion --out DIR   a registered model -> an MLflow model folder
 
 Global option ``--home`` (or ``LABSE_HOME``) picks the platform home (default ``./labse_home``).
 """
@@ -63,7 +66,10 @@ def _global(
         # per update into a log; a log gets the plain messages only.
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    where = resolve_home(home)
+    try:
+        where = resolve_home(home)
+    except ValueError as e:
+        _fail(e)
     setting = f"--home {home}" if home is not None else f"LABSE_HOME={where}"
     if where.exists() and not where.is_dir():
         _fail(f"{setting}: {where} is not a folder")
@@ -74,15 +80,18 @@ def _global(
 
 
 # Beam options shared by every Beam stage command.
-RunnerOpt = Annotated[str, typer.Option(help="Beam runner (DirectRunner, FlinkRunner, SparkRunner, DataflowRunner).")]
+RunnerOpt = Annotated[str, typer.Option(help="Beam runner (DirectRunner, dask, FlinkRunner, SparkRunner, DataflowRunner).")]
 WorkersOpt = Annotated[int | None, typer.Option(min=1, help="Direct runner worker processes, at least 1 (default: CPU count, at most 8).")]
 BeamArgOpt = Annotated[list[str] | None, typer.Option("--beam-arg", help="Extra Beam pipeline option (repeatable).")]
+DaskAddressOpt = Annotated[str | None, typer.Option(help="--runner dask: scheduler address (tcp://host:8786); default: a LocalCluster of --workers processes.")]
 
 
-def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: list[str] | None = None):
+def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: list[str] | None = None,
+          dask_address: str | None = None):
     from beam_jobs.options import BeamConfig
 
-    return BeamConfig(runner=runner, extra_args=beam_arg or [], **({"num_workers": workers} if workers else {}))
+    return BeamConfig(runner=runner, extra_args=beam_arg or [], dask_address=dask_address,
+                      **({"num_workers": workers} if workers else {}))
 
 
 def _one_line(message: object) -> str:
@@ -134,6 +143,9 @@ def _print_summary(summary) -> None:
     console.print(f"home:        {summary.home}")
     for s in summary.stages:
         console.print(f"{s.dataset + ':':<12} {s.path}")
+    if summary.cached:
+        console.print(f"skipped:     {', '.join(summary.cached)} (config, inputs and code unchanged since they ran; "
+                      "--config with {\"cache\": false} reruns them)")
     console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
     console.print(f"Prefect run: {summary.prefect_flow_run_id}  (labse ui prefect)")
     views = ", ".join(summary.views)
@@ -212,6 +224,7 @@ def ingest(
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
+    dask_address: DaskAddressOpt = None,
 ) -> None:
     """Read gettext catalogs into the corpus_raw dataset (Beam). A corpus_raw that is already
     published is replaced only with --replace, or kept and added to with --append."""
@@ -228,7 +241,7 @@ def ingest(
     try:
         cfg = GettextIngestConfig(
             locale_roots=[Path("/usr/share/locale")] if system else [],
-            paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=_beam(runner, workers, beam_arg),
+            paths=path or [], languages=lang or None, skip_bad_catalogs=skip_bad, beam=_beam(runner, workers, beam_arg, dask_address),
             mode="overwrite" if replace else "append" if append else "create", replace_empty=replace_empty,
         )
         layout = Layout.from_env()
@@ -271,6 +284,7 @@ def prepare(
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
+    dask_address: DaskAddressOpt = None,
 ) -> None:
     """Normalize, filter, dedupe and decontaminate pairs into corpus_clean + corpus_rejects (Beam)."""
     from pydantic import ValidationError
@@ -292,7 +306,7 @@ def prepare(
         cfg = PrepareConfig(
             inputs=specs, from_raw_corpus=raw,
             mode="append" if append else "overwrite", max_translations_per_source=max_per_source,
-            skip_bad_inputs=skip_bad, replace_empty=replace_empty, beam=_beam(runner, workers, beam_arg), **kwargs,
+            skip_bad_inputs=skip_bad, replace_empty=replace_empty, beam=_beam(runner, workers, beam_arg, dask_address), **kwargs,
         )
         if eval_set is not None and [p.resolve() for p in eval_set] != [p.resolve() for p in default_eval_sets()]:
             default = ", ".join(map(str, default_eval_sets())) or "none"
@@ -322,6 +336,12 @@ def prepare(
     for e in result.errors:
         console.print(f"skipped unreadable input: {_one_line(e)}", highlight=False, markup=False)
     console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
+    if append and s.get("clean_new", 0):
+        from flows.deployments import emit_data_landed
+
+        # scheduled-retrain's trigger (labse serve); nothing to tell without a Prefect server.
+        if emit_data_landed(layout, [str(i.path) for i in specs], "labse prepare --append"):
+            console.print("emitted: new data landed (scheduled-retrain is triggered where labse serve runs)")
 
 
 @app.command()
@@ -333,6 +353,7 @@ def vocab(
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
+    dask_address: DaskAddressOpt = None,
 ) -> None:
     """Train the sentencepiece vocabulary on a language-balanced sample of the clean corpus (Beam)."""
     from beam_jobs.vocab import VocabError, VocabStageConfig, run
@@ -341,7 +362,7 @@ def vocab(
 
     try:
         cfg = VocabStageConfig(vocab=VocabConfig(vocab_size=vocab_size, alpha=alpha, sample_size=sample_size),
-                               mono_inputs=mono or [], beam=_beam(runner, workers, beam_arg))
+                               mono_inputs=mono or [], beam=_beam(runner, workers, beam_arg, dask_address))
         with _status("sampling and training the vocabulary ..."):
             result = run(cfg, Layout.from_env())
     except (VocabError, ValueError, OSError) as e:
@@ -359,6 +380,7 @@ def shard(
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
+    dask_address: DaskAddressOpt = None,
 ) -> None:
     """Tokenize the clean corpus into pair, TLM and MLM shards (+ TFRecord) (Beam)."""
     from beam_jobs.shard import ShardConfig, ShardError, run
@@ -366,7 +388,7 @@ def shard(
 
     try:
         cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
-                          beam=_beam(runner, workers, beam_arg))
+                          beam=_beam(runner, workers, beam_arg, dask_address))
         layout = Layout.from_env()
         with _status("tokenizing and sharding ..."):
             result = run(cfg, layout)
@@ -640,6 +662,8 @@ def ui(
 
 __import__("flows.cli_evaluate", fromlist=["register"]).register(app)  # labse evaluate ..., labse mine
 __import__("flows.cli_models", fromlist=["register"]).register(app)  # labse import-encoder
+__import__("flows.cli_lake", fromlist=["register"]).register(app)  # labse lake push/pull/sql
+__import__("flows.cli_server", fromlist=["register"]).register(app)  # labse server up|down|status, serve, pull
 
 
 _interrupted = threading.Event()

@@ -137,7 +137,8 @@ def mine(
     k: Annotated[int, typer.Option(help="Neighbours for the margin (clamped to the other side's size).")] = 4,
     mode: Annotated[str, typer.Option(help="forward, backward, intersection or max (one-to-one).")] = "max",
     margin: Annotated[str, typer.Option(help="ratio, distance or absolute.")] = "ratio",
-    threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default: 1.06 for ratio, 0 otherwise).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default for ratio: the model's threshold "
+                                                                  "tuned by `labse evaluate bucc`, else 1.06; 0 otherwise).")] = None,
     index: Annotated[str, typer.Option(help="flat, ivf, ivfpq or auto (flat up to --flat-max sentences).")] = "auto",
     flat_max: Annotated[int, typer.Option(help="auto: largest side searched exactly.")] = 50_000,
     nprobe: Annotated[int, typer.Option(help="IVF lists probed per query.")] = 32,
@@ -174,6 +175,11 @@ def mine(
     console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
                   f"{s['candidates']:,} pairs scored >= {s['threshold']}, {s['kept']:,} kept after the filters "
                   f"(dropped: {s['dropped'] or 'none'})")
+    if s["threshold_source"] == "default" and s["threshold"] == 1.06:
+        console.print("[yellow]threshold:[/] stopes' default 1.06; run `labse evaluate bucc --model ...` once to tune "
+                      "it for this model (later runs use the tuned value)", highlight=False)
+    elif s["threshold_source"] not in ("given", "default"):
+        console.print(f"threshold {s['threshold']:.4f}: {s['threshold_source']}", highlight=False)
     console.print(f"mined: appended to partition src_lang={s['src_lang']}/tgt_lang={s['tgt_lang']} (run {report.run_id})")
     console.print(f"summary: {report.summary_path}")
     console.print("try: labse sql \"SELECT margin, src_text, tgt_text FROM mined WHERE run_id = "

@@ -249,6 +249,16 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     if source is None and (src.embeddings is None or tgt.embeddings is None):
         raise ValueError("--model is needed: an input has sentences without precomputed embeddings")
     tracking.configure(layout)
+    threshold_source = "given" if cfg.mine.threshold is not None else "default"
+    if cfg.mine.threshold is None and cfg.mine.margin == "ratio" and source is not None:
+        # A model's best ratio margin differs (e5 ~1.02, a from-scratch encoder ~1.1): use its tuned one.
+        from labse_core.evaluation.results import tuned_threshold
+
+        tuned = tuned_threshold(layout, model_uri=source.uri, model_name=source.name, model_version=source.version,
+                                langs=[lang for lang in (src_lang, tgt_lang) if lang != "en"])
+        if tuned is not None:
+            cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"threshold": tuned[0]})})
+            threshold_source = tuned[1]
     embed = embedder(source.folder, cfg.batch_size) if source else None
     model_uri = source.uri if source else "precomputed"
     with _start_run("mine", cfg.parent_run_id) as run:
@@ -270,7 +280,8 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         stats = {"src_sentences": result.src_total, "tgt_sentences": result.tgt_total,
                  "src_distinct": result.src_distinct, "tgt_distinct": result.tgt_distinct,
                  "candidates": len(result.pairs), "kept": len(result.rows), "index": result.index_kind,
-                 "threshold": cfg.mine.threshold_value(), "dropped": dict(result.dropped)}
+                 "threshold": cfg.mine.threshold_value(), "threshold_source": threshold_source,
+                 "dropped": dict(result.dropped)}
         append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
                       producer={"stage": "mine", "run_id": run_id, "model_uri": model_uri}, stats=stats)
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, int | float)}

@@ -38,6 +38,7 @@ from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
+from flows import stage_cache, torchrun
 from flows.evaluate import (
     BuccEvalConfig,
     MineRunConfig,
@@ -51,7 +52,6 @@ from flows.reporting import plot_partition_rows, plot_training, publish_markdown
 from labse_core.finetune import train as finetune
 from labse_core.finetune.train import FinetuneConfig
 from labse_core.mining.miner import MineConfig
-from labse_core.pretrain import train as pretrain
 from labse_core.pretrain import train as pretrain_presets
 from labse_core.pretrain.train import PretrainConfig
 from labse_core.vocab import VocabConfig, vocab_size_of
@@ -126,6 +126,9 @@ class PipelineConfig(BaseModel):
     time_budget_minutes: float = Field(
         20.0, gt=0, description="Wall-clock budget for the whole run; training stages size themselves to fit."
     )
+    cache: bool = Field(
+        True, description="Skip a stage whose config, input datasets and code are unchanged since it last ran "
+        "(its outputs still in place); False reruns every stage.")
 
 
 # 30 languages in 14 scripts: what the demo carries past ingest (which reads all ~160).
@@ -221,6 +224,7 @@ class PipelineSummary(BaseModel):
     seconds: float
     stages: list[StageSummary]
     views: list[str]
+    cached: list[str] = Field(default_factory=list, description="Stages skipped: config, inputs and code unchanged.")
 
 
 def _flat_params(prefix: str, obj: Any) -> dict[str, str]:
@@ -243,7 +247,7 @@ def _log_dataset(stage: str, layout: Layout, spec, manifest, run_id: str, plot_t
     return dataset_dir
 
 
-@task(name="ingest-gettext", task_run_name="ingest-gettext")
+@task(name="ingest-gettext", task_run_name="ingest-gettext", **stage_cache.IO_RETRIES)
 def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
     logger = get_run_logger()
     layout = Layout.from_env()
@@ -268,7 +272,7 @@ def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
                         mlflow_run_id=run.info.run_id, stats=result.stats)
 
 
-@task(name="prepare-corpus", task_run_name="prepare-corpus")
+@task(name="prepare-corpus", task_run_name="prepare-corpus", **stage_cache.IO_RETRIES)
 def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
     logger = get_run_logger()
     layout = Layout.from_env()
@@ -295,7 +299,7 @@ def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
     ]
 
 
-@task(name="build-vocab", task_run_name="build-vocab")
+@task(name="build-vocab", task_run_name="build-vocab", **stage_cache.IO_RETRIES)
 def vocab_stage(cfg: VocabStageConfig, parent_run_id: str) -> StageSummary:
     layout = Layout.from_env()
     with mlflow.start_run(run_name="vocab", nested=True, parent_run_id=parent_run_id) as run:
@@ -312,7 +316,7 @@ def vocab_stage(cfg: VocabStageConfig, parent_run_id: str) -> StageSummary:
                         stats={"quotas": result.quotas})
 
 
-@task(name="shard", task_run_name="shard")
+@task(name="shard", task_run_name="shard", **stage_cache.IO_RETRIES)
 def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
     layout = Layout.from_env()
     with mlflow.start_run(run_name="shard", nested=True, parent_run_id=parent_run_id) as run:
@@ -330,13 +334,14 @@ def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
     return summaries
 
 
-@task(name="pretrain", task_run_name="pretrain")
+@task(name="pretrain", task_run_name="pretrain", tags=[stage_cache.TRAINING_TAG])
 def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
     """MLM + TLM pretraining on the shards, sized to the vocabulary in the lake, within its time budget."""
     layout = Layout.from_env()
     cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id, "resume": False})
     t0 = time.perf_counter()
-    result = pretrain.run(cfg, layout)
+    with stage_cache.training_lock(layout, "pretrain"):
+        result = torchrun.train("pretrain", cfg, layout)  # under torchrun when there are several GPUs
     seconds = time.perf_counter() - t0
     first, last = result.losses[:10], result.losses[-10:]
     if result.losses and result.mlflow_run_id:
@@ -356,7 +361,7 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
                                "stopped_by": result.stopped_by})
 
 
-@task(name="import-encoder", task_run_name="import-{source}")
+@task(name="import-encoder", task_run_name="import-{source}", **stage_cache.IO_RETRIES)
 def import_stage(source: str, parent_run_id: str) -> StageSummary:
     """A pretrained encoder from an installed package as a model folder (``labse import-encoder``). The
     import is deterministic for a package version, so an existing folder from the same source is reused."""
@@ -387,7 +392,7 @@ def _version(package: str) -> str:
     return metadata.version(package)
 
 
-@task(name="finetune", task_run_name="finetune")
+@task(name="finetune", task_run_name="finetune", tags=[stage_cache.TRAINING_TAG])
 def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | None) -> tuple[StageSummary, list]:
     """Dual-encoder fine-tuning on the pair shards (warm start from ``init_from``) within its time budget.
     Returns the summary (``path``: the best checkpoint's exported folder) and the held-out pairs it was
@@ -400,7 +405,8 @@ def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | Non
         update["init_from"] = init_from
     cfg = cfg.model_copy(update=update)
     t0 = time.perf_counter()
-    result = finetune.run(FinetuneConfig(**cfg.model_dump()), layout)
+    with stage_cache.training_lock(layout, "finetune"):
+        result = torchrun.train("finetune", FinetuneConfig(**cfg.model_dump()), layout)  # torchrun on several GPUs
     seconds = time.perf_counter() - t0
     step0 = next((e["eval/acc"] for e in result.evals if e["step"] == 0), None)
     stats: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by, "pairs_per_s": result.pairs_per_s,
@@ -516,10 +522,11 @@ def mine_stage(model_dir: str, cfg: MineStageConfig, parent_run_id: str, held_ou
                         stats=score | {"dropped": rep.summary["dropped"]})
 
 
-@task(name="register", task_run_name="register")
+@task(name="register", task_run_name="register", **stage_cache.IO_RETRIES)
 def register_stage(model_dir: str, finetune_run_id: str, eval_pairs: list, registered_model: str,
                    evaluation: dict[str, Any], tatoeba_data: Path,
-                   known_primaries: dict[str, float] | None = None) -> StageSummary:
+                   known_primaries: dict[str, float] | None = None, preset: str | None = None,
+                   pipeline_run_id: str | None = None) -> StageSummary:
     """The registry gate: a new version of ``registered_model``; ``@champion`` moves when it beats the holder
     on Tatoeba over the run's languages (held-out accuracy breaks ties; ``gate_decision``)."""
     from labse_core.evaluation import tatoeba as tat
@@ -528,7 +535,10 @@ def register_stage(model_dir: str, finetune_run_id: str, eval_pairs: list, regis
     layout = Layout.from_env()
     t0 = time.perf_counter()
     langs = evaluation.get("tatoeba_langs")
-    kwargs: dict[str, Any] = {"cache_dir": layout.model_cache}
+    from flows.lineage import lineage_tags
+
+    tags = lineage_tags(layout, preset=preset, flow_run_id=str(flow_run.get_id() or ""), pipeline_run_id=pipeline_run_id)
+    kwargs: dict[str, Any] = {"cache_dir": layout.model_cache, "tags": tags}
     if langs:
         kwargs |= {"primary": lambda embed: tat.evaluate_tatoeba(embed, tatoeba_data, langs).group("evaluated").acc,
                    "primary_name": "tatoeba_mean", "candidate_primary": evaluation["tatoeba_mean"],
@@ -555,78 +565,148 @@ def register_stage(model_dir: str, finetune_run_id: str, eval_pairs: list, regis
 
 
 def _evaluate_and_register_import(config: PipelineConfig, imported: StageSummary, parent_run_id: str,
-                                  fraction: float, eval_pairs: list) -> list[StageSummary]:
+                                  fraction: float, eval_pairs: list, run: Callable[..., Any]) -> list[StageSummary]:
     """Tatoeba (zero-shot) for the imported model, then the registry gate for it (stage names suffixed)."""
     out: list[StageSummary] = []
     evaluation: dict[str, Any] = {}
+    layout = Layout.from_env()
+    inputs = _stage_inputs(layout, stage_cache.folder(imported.path), stage_cache.dataset(CLEAN_PAIRS.name),
+                           model=imported.path, fraction=fraction)
     if config.evaluate is not None:
         tatoeba_only = config.evaluate.model_copy(update={"bucc": False})
-        ev = evaluate_stage.with_options(task_run_name="evaluate-imported")(
-            imported.path, tatoeba_only, parent_run_id, fraction)
+        ev = run(evaluate_stage.with_options(task_run_name="evaluate-imported"), "evaluate-imported", tatoeba_only,
+                 inputs | {"tatoeba": stage_cache.files_signature([tatoeba_only.tatoeba_data])}, lambda r: [],
+                 imported.path, tatoeba_only, parent_run_id, fraction)
         out.append(ev.model_copy(update={"stage": "evaluate (imported)"}))
         evaluation = ev.stats
     if config.registered_model and eval_pairs:
         data = config.evaluate.tatoeba_data if config.evaluate is not None else default_tatoeba_dir()
-        reg = register_stage.with_options(task_run_name="register-imported")(
-            imported.path, imported.mlflow_run_id, eval_pairs, config.registered_model, evaluation, data)
+        reg = run(register_stage.with_options(task_run_name="register-imported"), "register-imported",
+                  {"name": config.registered_model, "preset": config.preset},
+                  inputs | {"evaluation": {k: v for k, v in evaluation.items() if not k.endswith("run_id")},
+                            "pairs": len(eval_pairs)}, lambda r: [],
+                  imported.path, imported.mlflow_run_id, eval_pairs, config.registered_model, evaluation, data,
+                  None, config.preset, parent_run_id)
         out.append(reg.model_copy(update={"stage": "register (imported)"}))
     return out
 
 
+def _stage_inputs(layout: Layout, *items: str, **extra: Any) -> dict[str, Any]:
+    """A stage's cache inputs: the signatures of the ledger items it reads, plus other values."""
+    return stage_cache.signatures(layout, items) | extra
+
+
+def _stage_id(summary: StageSummary) -> str:
+    """The cache's name of a stage ("evaluate (imported)" -> "evaluate-imported")."""
+    return summary.stage.replace(" (imported)", "-imported")
+
+
+_SHARDS = tuple(stage_cache.dataset(s.name) for s in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM))
+
+
 @flow(name="labse-pipeline", log_prints=True)
 def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
-    """Raw corpora in; corpus, vocabulary, encoder, evaluation and mined bitext out (stages as they land)."""
+    """Raw corpora in; corpus, vocabulary, encoder, evaluation and mined bitext out. A stage whose config,
+    inputs and code are unchanged since it last ran is skipped (``flows.stage_cache``)."""
+    from flows.stage_flows import mlflow_run_link
+
     config = config or demo()
     t0 = time.perf_counter()
     layout = Layout.from_env().ensure()
     tracking.configure(layout)
+    use = config.cache
+    skipped: list[str] = []
+
+    def run(task, stage, cfg, inputs, outputs_of, *args):
+        result, cached = stage_cache.run_stage(task, stage, cfg, inputs, outputs_of, *args, use_cache=use)
+        if cached:
+            skipped.append(stage)
+        return result
+
+    sc = stage_cache
     with mlflow.start_run(run_name=f"labse-pipeline-{config.preset}") as parent:
+        pid = parent.info.run_id
         mlflow.set_tags({"pipeline": "labse-pipeline", "preset": config.preset,
                          "prefect_flow_run_id": str(flow_run.get_id())})
         mlflow.log_params(_flat_params("", config.model_dump(mode="json")))
-        stages = [ingest_stage(config.ingest, parent.info.run_id)]
-        stages += prepare_stage(config.prepare, parent.info.run_id)
-        stages.append(vocab_stage(config.vocab, parent.info.run_id))
-        stages += shard_stage(config.shard, parent.info.run_id)
+        ing = config.ingest
+        stages = [run(ingest_stage, "ingest", ing, {"files": sc.files_signature([*ing.locale_roots, *ing.paths],
+                                                                              ("*.mo", "*.po"))},
+                      lambda r: [sc.dataset(RAW_PAIRS.name)], ing, pid)]
+        prep = config.prepare
+        stages += run(prepare_stage, "prepare", prep,
+                      _stage_inputs(layout, *([sc.dataset(RAW_PAIRS.name)] if prep.from_raw_corpus else []),
+                                    files=sc.files_signature([i.path for i in prep.inputs]),
+                                    eval_sets=sc.files_signature(prep.eval_sets)),
+                      lambda r: [sc.dataset(CLEAN_PAIRS.name), sc.dataset(REJECTS.name)], prep, pid)
+        stages.append(run(vocab_stage, "vocab", config.vocab, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name)),
+                          lambda r: [sc.VOCAB], config.vocab, pid))
+        stages += run(shard_stage, "shard", config.shard, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
+                      lambda r: list(_SHARDS), config.shard, pid)
         init_from = None
         if config.pretrain is not None:
-            stages.append(pretrain_stage(config.pretrain, parent.info.run_id))
+            stages.append(run(pretrain_stage, "pretrain", config.pretrain, _stage_inputs(layout, *_SHARDS, sc.VOCAB),
+                              lambda r: [sc.folder(r.path)], config.pretrain, pid))
             init_from = stages[-1].path
         imported = None
         if config.import_encoder is not None:
-            imported = import_stage(config.import_encoder, parent.info.run_id)
+            imported = run(import_stage, "import", {"source": config.import_encoder}, {},
+                           lambda r: [sc.folder(r.path)], config.import_encoder, pid)
             stages.append(imported)
             init_from = imported.path  # a pretrained multilingual model beats our tiny pretraining
         if config.finetune is not None:
-            fine, eval_pairs = finetune_stage(config.finetune, parent.info.run_id, init_from)
+            fine, eval_pairs = run(finetune_stage, "finetune", config.finetune,
+                                   _stage_inputs(layout, *_SHARDS, sc.VOCAB, *([sc.folder(init_from)] if init_from else []),
+                                                 init_from=init_from),
+                                   lambda r: [sc.folder(r[0].path)], config.finetune, pid, init_from)
             stages.append(fine)
             model_dir, fraction = fine.path, config.finetune.eval_fraction
             known: dict[str, float] = {}
             if imported is not None:
                 # The import, zero-shot, measured and registered first: the gate then compares the
                 # fine-tuned model against it, so the champion never falls below it.
-                stages += _evaluate_and_register_import(config, imported, parent.info.run_id, fraction, eval_pairs)
+                stages += _evaluate_and_register_import(config, imported, pid, fraction, eval_pairs, run)
                 if stages[-1].stage == "register (imported)" and stages[-1].stats.get("primary") is not None:
                     known[str(stages[-1].stats["registered_version"])] = stages[-1].stats["primary"]
             evaluation: dict[str, Any] = {}
-            if config.evaluate is not None and fine.stats.get("best_step") is not None:
-                stages.append(evaluate_stage(model_dir, config.evaluate, parent.info.run_id, fraction))
+            trained = fine.stats.get("best_step") is not None
+            model_inputs = _stage_inputs(layout, sc.folder(model_dir), sc.dataset(CLEAN_PAIRS.name), model=model_dir,
+                                         fraction=fraction)
+            if config.evaluate is not None and trained:
+                stages.append(run(evaluate_stage, "evaluate", config.evaluate,
+                                  model_inputs | {"tatoeba": sc.files_signature([config.evaluate.tatoeba_data])},
+                                  lambda r: [], model_dir, config.evaluate, pid, fraction))
                 evaluation = stages[-1].stats
-            if config.mine is not None and fine.stats.get("best_step") is not None:
+            if config.mine is not None and trained:
                 tuned = evaluation.get("bucc_thresholds", {}).get(config.mine.lang)
-                stages.append(mine_stage(model_dir, config.mine, parent.info.run_id, fraction, tuned))
-            if config.registered_model and fine.stats.get("best_step") is not None and eval_pairs:
+                stages.append(run(mine_stage, "mine", config.mine, model_inputs | {"threshold": tuned},
+                                  lambda r: [sc.dataset("mined")] if r.rows else [],
+                                  model_dir, config.mine, pid, fraction, tuned))
+            if config.registered_model and trained and eval_pairs:
                 data = config.evaluate.tatoeba_data if config.evaluate is not None else default_tatoeba_dir()
-                stages.append(register_stage(model_dir, fine.mlflow_run_id, eval_pairs, config.registered_model,
-                                             evaluation, data, known))
+                stages.append(run(register_stage, "register", {"name": config.registered_model, "preset": config.preset},
+                                  model_inputs | {"evaluation": {k: v for k, v in evaluation.items() if not k.endswith("run_id")},
+                                                  "pairs": len(eval_pairs), "known": known},
+                                  lambda r: [], model_dir, fine.mlflow_run_id, eval_pairs, config.registered_model,
+                                  evaluation, data, known, config.preset, pid))
         seconds = time.perf_counter() - t0
         mlflow.log_metric("pipeline_seconds", seconds)
+        mlflow.set_tag("cached_stages", ",".join(skipped))
+        get_run_logger().info("skipped (cached: config, inputs and code unchanged): %s", ", ".join(skipped) or "none")
+        publish_markdown("pipeline", [f"### labse-pipeline ({config.preset}) in {seconds:.0f}s",
+                                      "| stage | dataset | rows | seconds | cached |", "|---|---|---:|---:|---|",
+                                      *[f"| {s.stage} | {s.dataset} | {s.rows:,} | {s.seconds:.1f} | "
+                                        f"{'yes' if _stage_id(s) in skipped else ''} |" for s in stages],
+                                      f"- MLflow parent run: {mlflow_run_link(pid)}",
+                                      f"- skipped (unchanged): {', '.join(skipped) or 'none'}"],
+                         table=[{"stage": s.stage, "dataset": s.dataset, "rows": s.rows, "seconds": round(s.seconds, 1),
+                                 "cached": _stage_id(s) in skipped} for s in stages])
         if seconds > config.time_budget_minutes * 60:
             get_run_logger().warning("run took %.0fs, over its %.0f min budget", seconds, config.time_budget_minutes)
     return PipelineSummary(
         preset=config.preset, home=str(layout.home), mlflow_run_id=parent.info.run_id,
         prefect_flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None, seconds=seconds,
-        stages=stages, views=catalog.refresh(layout),
+        stages=stages, views=catalog.refresh(layout), cached=skipped,
     )
 
 

@@ -1,8 +1,11 @@
 """The exported model folder as an MLflow pyfunc model: log it, register it, load it, predict.
 
-``LabseEmbedder`` is a ``mlflow.pyfunc.PythonModel`` whose only artifact is the folder written by
-``labse_core.export.export_model``; ``predict`` is ``labse_core.embed.encode`` on it, so the MLflow
-model gives the same vectors as every other way of loading the folder.
+The model is logged as MLflow "models from code": its source is ``labse_core/mlflow_model_code.py``
+(``LabseEmbedder``, ending in ``mlflow.models.set_model``) and its only artifact is the folder written
+by ``labse_core.export.export_model``, so loading it unpickles nothing. ``predict`` is
+``labse_core.embed.encode`` on the folder, so the MLflow model gives the same vectors as every other
+way of loading it. Every registered version is tagged with what produced it (``lineage`` tags: run id,
+git commit, data manifest hashes, preset: see ``register_and_promote``).
 
     predict(["Hello world", "Hallo Welt"])               -> float32 (2, D), unit rows
     predict(pd.DataFrame({"text": [...]}))               -> same
@@ -29,7 +32,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -38,24 +40,24 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from labse_core.evaluation.retrieval import text_retrieval_accuracy  # the registry gate's metric
 from labse_core.export import read_export_metadata
+from labse_core.mlflow_model_code import ARTIFACT_KEY, DEFAULT_BATCH_SIZE  # the model's own constants
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_KEY = "model_dir"
-"""Key of the model folder in ``artifacts`` (and ``context.artifacts``)."""
 DEFAULT_NAME = "labse_encoder"
 """Name of the logged model inside its run."""
 DEFAULT_ALIAS = "champion"
 """Registry alias ``load_registered`` prefers (moved only when evaluation beats the champion)."""
-DEFAULT_BATCH_SIZE = 64
-TEXT_COLUMN = "text"
+INPUT_EXAMPLE = ["Hello world", "Hallo Welt"]
+"""Logged with every model: MLflow checks it against the signature and shows it in the UI."""
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model_code.py"
+"""The pyfunc's source, logged as "models from code" (nothing is pickled)."""
 
 # What loading and running the model imports (labse_core.export, .vocab, .embed, .model).
 _REQUIREMENTS = (
@@ -70,52 +72,6 @@ _REQUIREMENTS = (
     "pyarrow",
     "tqdm",
 )
-
-
-class LabseEmbedder(mlflow.pyfunc.PythonModel):
-    """pyfunc: sentences in, unit-length float32 embeddings (N, D) out."""
-
-    def load_context(self, context) -> None:
-        from labse_core.export import load_encoder
-
-        model_dir = context.artifacts[ARTIFACT_KEY]
-        self.encoder, self.tokenizer = load_encoder(model_dir)
-        meta = read_export_metadata(model_dir) or {}
-        self.max_length = meta.get("max_seq_length")  # None: encode() uses the tokenizer's limit
-
-    # pd.DataFrame: what pyfunc hands over after checking the column signature (a list arrives as a
-    # one-column frame); MLflow infers no second signature from this hint.
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        from labse_core.embed import encode
-
-        params = params or {}
-        max_length = params.get("max_length", self.max_length)
-        return encode(
-            _sentences(model_input),
-            (self.encoder, self.tokenizer),
-            batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
-            max_length=int(max_length) if max_length is not None else None,
-            progress=False,
-        )
-
-
-def _sentences(model_input: Any) -> list[str]:
-    """A list of sentences from what pyfunc hands over (after its schema check: a DataFrame)."""
-    if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN in model_input.columns:
-            col = model_input[TEXT_COLUMN]
-        elif model_input.shape[1] == 1:
-            col = model_input.iloc[:, 0]
-        else:
-            raise ValueError(
-                f"expected a {TEXT_COLUMN!r} column or a single column, got {list(model_input.columns)}"
-            )
-        return col.tolist()  # encode() rejects non-strings (a None / NaN cell) by row number
-    if isinstance(model_input, pd.Series):
-        return model_input.tolist()
-    if isinstance(model_input, str):
-        return [model_input]
-    return list(model_input)
 
 
 def signature(embedding_dim: int, max_seq_length: int) -> ModelSignature:
@@ -177,12 +133,14 @@ def _log_encoder(
         )
     kwargs: dict[str, Any] = dict(
         name=name,
-        python_model=LabseEmbedder(),
+        python_model=str(MODEL_CODE),
         artifacts={ARTIFACT_KEY: str(model_dir)},
         signature=signature(meta["embedding_dim"], meta["max_seq_length"]),
         pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
         metadata={k: meta[k] for k in ("embedding_dim", "max_seq_length", "vocab_size", "format_version")},
+        # MLflow loads the model and predicts on it once to check it against the signature.
+        input_example=INPUT_EXAMPLE,
     )
     if include_code:
         # This file's folder, not labse_core.__file__: under an editable install seen from another
@@ -192,10 +150,7 @@ def _log_encoder(
     if own_run:
         mlflow.start_run(run_name=f"log-{name}")
     try:
-        with warnings.catch_warnings():
-            # Deliberate: no input_example, as validating it would load the whole model again at log time.
-            warnings.filterwarnings("ignore", message=r".*input example was not provided")
-            info = mlflow.pyfunc.log_model(**kwargs)
+        info = mlflow.pyfunc.log_model(**kwargs)
     finally:
         if own_run:
             mlflow.end_run()
@@ -377,6 +332,7 @@ def register_and_promote(
     candidate_primary: float | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     known_primaries: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Promotion:
     """Log ``model_dir`` into the active run, register it as a new version of ``name`` and move ``alias``
     (``models:/name@champion``) to it when ``gate_decision`` says so; otherwise the new version is
@@ -389,7 +345,9 @@ def register_and_promote(
     the same function. ``known_primaries``: {registered version: its primary value} measured in this process
     with the same function (a version the pipeline registered minutes ago), so the holder is not measured
     twice. The held-out pairs ``eval_pairs`` give the secondary metric (the primary one when
-    ``primary`` is None). Version tags record both numbers for both models and the rule that decided.
+    ``primary`` is None). Version tags record both numbers for both models and the rule that decided,
+    the run that logged the model (``source_run_id``) and ``tags``: what produced it (the pipeline passes
+    ``flows.lineage.lineage_tags``: git commit, data manifest hashes, preset, Prefect flow run).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -424,8 +382,9 @@ def register_and_promote(
     promoted, reason = gate_decision(new_scores, champion_scores)
     info = _log_encoder(model_dir, registered_model_name=name)
     version = str(info.registered_model_version)
-    tags = {"eval_acc": f"{acc:.6f}", "eval_n": str(len(eval_pairs)), "gate_primary_metric": primary_name if primary else "eval_acc",
-            "gate_decision": reason}
+    extra = dict(tags or {})
+    tags = extra | {"source_run_id": info.run_id, "eval_acc": f"{acc:.6f}", "eval_n": str(len(eval_pairs)),
+                    "gate_primary_metric": primary_name if primary else "eval_acc", "gate_decision": reason}
     if primary is not None:
         tags[primary_name] = f"{new_scores.primary:.6f}"
     if holder is not None:

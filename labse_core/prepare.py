@@ -25,6 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labse_core import langcodes
@@ -46,6 +49,7 @@ from labse_core.text.normalize import (
     sentence_key,
     sentence_key_of,
 )
+from storage.schemas import CLEAN_PAIRS, REJECTS
 
 ROW_FIELDS = ("lang", "src_lang", "src_text", "tgt_text", "source", "origin", "line", "locale", "context")
 
@@ -421,3 +425,217 @@ def cap_translations(rows: Sequence[dict], cap: int) -> tuple[list[dict], list[d
     new = sorted((r for r in rows if not r.get("existing")), key=order_key)
     room = max(0, cap - len(existing))
     return existing + new[:room], [reject_row(SOURCE_CAP, None, **r) for r in new[room:]]
+
+
+# ------------------------------------------------------------------------------------------------
+# The same decisions on Arrow tables (the Beam job's hot path)
+#
+# Between the steps of the Beam job, rows travel as Arrow tables of a few thousand rows: one element
+# per batch instead of one pickled dict per row. The per-pair decisions stay the per-record functions
+# above; what changes is that each distinct text is normalized, keyed and measured once per worker
+# (``TablePreparer``, ``flt.PairChecker``), and that columns which pass through untouched are moved
+# with Arrow ``take`` instead of being copied into dicts. ``tests/labse_core/test_prepare.py``
+# compares ``TablePreparer`` with ``process_batch`` and ``dedupe_table`` with ``resolve_duplicates``
+# on real gettext catalogs.
+
+KEPT_SCHEMA = CLEAN_PAIRS.schema.append(pa.field("existing", pa.bool_(), nullable=False))
+"""Kept rows between the steps: ``corpus_clean``'s columns (``lang`` included) plus whether the row
+was already published (append mode)."""
+REJECT_SCHEMA = REJECTS.schema
+"""Reject rows between the steps: ``corpus_rejects``' columns (``reason`` included)."""
+
+_PASS_THROUGH = ("lang", "src_lang", "source", "origin", "line", "locale", "context")
+_REJECT_FROM_ROW = ("lang", "src_lang", "src_text", "tgt_text", "source", "origin", "line")
+
+
+def _typed(values: Sequence, field: pa.Field) -> pa.Array:
+    return pa.array(values, type=field.type)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns, in its order and types (extra columns dropped)."""
+    cols = []
+    for f in schema:
+        col = table.column(f.name)
+        cols.append(col if col.type == f.type else col.cast(f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _reject_table(source: pa.Table, indices: Sequence[int], reasons: Sequence[str],
+                  details: Sequence[str | None]) -> pa.Table:
+    """Rows ``indices`` of ``source`` as rejects (text as read) with their reasons and details."""
+    picked = source.select(list(_REJECT_FROM_ROW)).take(pa.array(indices, type=pa.int64()))
+    cols = {"reason": _typed(reasons, REJECT_SCHEMA.field("reason")),
+            **{c: picked.column(c) for c in _REJECT_FROM_ROW},
+            "detail": _typed(details, REJECT_SCHEMA.field("detail"))}
+    return conform(pa.table(cols), REJECT_SCHEMA)
+
+
+class TablePreparer:
+    """``process_batch`` for a worker that sees many batches: same rows kept, same rejects with the
+    same reasons, as Arrow tables (``KEPT_SCHEMA``, ``REJECT_SCHEMA``).
+
+    Normalized text, key text and the evaluation-set lookup are remembered per distinct text (the
+    English msgid of a gettext catalog recurs in every language); each cache is emptied when it
+    holds ``max_cached`` texts, which bounds a worker's memory."""
+
+    def __init__(self, rules: PrepareRules, eval_keys: frozenset[str], max_cached: int = 200_000) -> None:
+        self.rules = rules
+        self.eval_keys = eval_keys
+        self.max_cached = max_cached
+        self.checker = flt.PairChecker(rules.filters, max_cached)
+        self._norm: dict[str, str] = {}
+        self._keys: dict[str, tuple[str, bool]] = {}
+        self._same: dict[tuple[str, str], bool] = {}
+
+    def _normalize(self, s: str) -> str:
+        out = self._norm.get(s)
+        if out is None:
+            if len(self._norm) >= self.max_cached:
+                self._norm.clear()
+            out = self._norm[s] = normalize_text(s, self.rules.normalize)
+        return out
+
+    def _key(self, s: str) -> tuple[str, bool]:
+        """(``key_text(s)``, whether ``s`` is an evaluation sentence) of a normalized text."""
+        out = self._keys.get(s)
+        if out is None:
+            if len(self._keys) >= self.max_cached:
+                self._keys.clear()
+            k = key_text(s)
+            out = self._keys[s] = (k, bool(s) and bool(self.eval_keys) and sentence_key_of(k) in self.eval_keys)
+        return out
+
+    def _same_language(self, src_lang: str | None, lang: str | None) -> bool:
+        if not (src_lang and lang):
+            return False
+        same = self._same.get((src_lang, lang))
+        if same is None:
+            same = self._same[(src_lang, lang)] = src_lang.split("-")[0] == lang.split("-")[0]
+        return same
+
+    def process(self, batch: pa.Table | pa.RecordBatch | Sequence[dict]) -> tuple[pa.Table, pa.Table]:
+        """``(kept, rejects)`` of one batch: an Arrow table with ``ROW_FIELDS`` (extra columns are
+        ignored), or row dicts as the readers make them (reader rejects included)."""
+        reader_rejects = None
+        if not isinstance(batch, pa.Table | pa.RecordBatch):
+            rows = [r for r in batch if "reason" not in r]
+            if len(rows) < len(batch):
+                reader_rejects = pa.Table.from_pylist([r for r in batch if "reason" in r], schema=REJECT_SCHEMA)
+            fields = {f.name: f for f in CLEAN_PAIRS.schema}
+            batch = pa.table({f: _typed([r.get(f) for r in rows], fields[f]) for f in ROW_FIELDS})
+        elif isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        src_raw = batch.column("src_text").to_pylist()
+        tgt_raw = batch.column("tgt_text").to_pylist()
+        langs = batch.column("lang").to_pylist()
+        src_langs = batch.column("src_lang").to_pylist()
+        rej_idx: list[int] = []
+        rej_reason: list[str] = []
+        rej_detail: list[str | None] = []
+        pend_idx: list[int] = []
+        pend_src: list[str] = []
+        pend_tgt: list[str] = []
+        pend_keys: list[tuple[str, str]] = []
+        norm, key, same, check_eval = self._normalize, self._key, self._same_language, bool(self.eval_keys)
+        for i in range(batch.num_rows):
+            if same(src_langs[i], langs[i]):
+                rej_idx.append(i)
+                rej_reason.append(SAME_LANGUAGE)
+                rej_detail.append(f"{src_langs[i]} -> {langs[i]}")
+                continue
+            src, tgt = norm(src_raw[i]), norm(tgt_raw[i])
+            ka, ea = key(src)
+            kb, eb = key(tgt)
+            if check_eval and (ea or eb):
+                rej_idx.append(i)
+                rej_reason.append(EVAL_OVERLAP)
+                rej_detail.append(None)
+                continue
+            pend_idx.append(i)
+            pend_src.append(src)
+            pend_tgt.append(tgt)
+            pend_keys.append((ka, kb))
+        reasons = self.checker.check(pend_src, pend_tgt, [src_langs[i] for i in pend_idx],
+                                     [langs[i] for i in pend_idx])
+        keep_idx: list[int] = []
+        keep_src: list[str] = []
+        keep_tgt: list[str] = []
+        keep_key: list[str] = []
+        for j, reason in enumerate(reasons):
+            i = pend_idx[j]
+            if reason is not None:
+                rej_idx.append(i)
+                rej_reason.append(reason)
+                rej_detail.append(None)
+            else:
+                keep_idx.append(i)
+                keep_src.append(pend_src[j])
+                keep_tgt.append(pend_tgt[j])
+                keep_key.append(f"{langs[i]}:{dedupe_key_of(*pend_keys[j])}")
+        picked = batch.select(list(_PASS_THROUGH)).take(pa.array(keep_idx, type=pa.int64()))
+        kept = conform(pa.table({
+            **{c: picked.column(c) for c in _PASS_THROUGH},
+            "src_text": pa.array(keep_src, pa.string()), "tgt_text": pa.array(keep_tgt, pa.string()),
+            "pair_key": pa.array(keep_key, pa.string()),
+            "existing": pa.array([False] * len(keep_idx), pa.bool_()),
+        }), KEPT_SCHEMA)
+        rejects = _reject_table(batch, rej_idx, rej_reason, rej_detail)
+        if reader_rejects is not None:
+            rejects = pa.concat_tables([reader_rejects, rejects])
+        return kept, rejects
+
+
+def dedupe_table(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``resolve_duplicates`` over every ``pair_key`` group of ``table`` (``KEPT_SCHEMA``) at once:
+    ``(winners, rejects)``. Rows are sorted by pair key, existing rows first, then ``order_key``
+    (nulls as ``order_key`` reads them); the first row of each key wins. As in
+    ``resolve_duplicates``, an existing winner makes every new row of its key ``duplicate_existing``
+    and any further existing row of that key is dropped (the published corpus has none)."""
+    n = table.num_rows
+    if n == 0:
+        return table, empty_table(REJECT_SCHEMA)
+    existing = table.column("existing")
+    order = pc.sort_indices(
+        pa.table({
+            "k": table.column("pair_key"), "e": pc.invert(existing),
+            "s": pc.fill_null(table.column("source"), ""), "o": pc.fill_null(table.column("origin"), ""),
+            "l": pc.fill_null(table.column("line"), -1), "c": pc.fill_null(table.column("context"), ""),
+        }),
+        sort_keys=[(c, "ascending") for c in ("k", "e", "s", "o", "l", "c")],
+    )
+    t = table.take(order)
+    keys = t.column("pair_key")
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        first[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    winners = t.filter(pa.array(first))
+    if winners.num_rows == n:
+        return winners, empty_table(REJECT_SCHEMA)
+    group = np.cumsum(first) - 1
+    ex = existing.take(order).to_numpy(zero_copy_only=False)
+    winner_existing = ex[first][group]
+    losers = ~first & ~ex  # an existing row that is not its key's winner is dropped
+    idx = np.flatnonzero(losers)
+    reasons = np.where(winner_existing[idx], DUPLICATE_EXISTING, DUPLICATE).tolist()
+    lost = t.take(pa.array(idx, type=pa.int64()))
+    return winners, _reject_table(lost, list(range(len(idx))), reasons, lost.column("pair_key").to_pylist())
+
+
+def cap_table(table: pa.Table, cap: int) -> tuple[pa.Table, pa.Table]:
+    """``cap_translations`` over every (language, source key) group of ``table`` (``KEPT_SCHEMA``):
+    ``(kept, rejects)``. Only used with ``max_translations_per_source``; row by row."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in table.to_pylist():
+        groups.setdefault((r["lang"], sentence_key(r["src_text"])), []).append(r)
+    kept: list[dict] = []
+    dropped: list[dict] = []
+    for rows in groups.values():
+        k, d = cap_translations(rows, cap)
+        kept += k
+        dropped += d
+    return pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), pa.Table.from_pylist(dropped, schema=REJECT_SCHEMA)

@@ -59,6 +59,70 @@ def part_file_name(index: int, tag: str = "") -> str:
     return f"part-{tag + '-' if tag else ''}{index:05d}.parquet"
 
 
+# Sinks that may run a bundle more than once (a retried bundle, a re-executed branch) write each
+# batch to ``<staging>/_attempts/<content digest>.parquet`` and, in their last step, the list of the
+# attempts that reached that step (``_attempts/_commit.json``). Only the driver turns that list into
+# part files (``apply_commit``, called by ``DatasetWriter.publish``): attempts of bundles that ran
+# again are left out and deleted, and nothing on a worker moves a file twice.
+ATTEMPTS = "_attempts"
+COMMIT_LIST = "_commit.json"
+
+
+def attempt_name(table) -> str:
+    """A file name derived from an Arrow table's content: a bundle that runs again writes the same
+    rows to the same name (an idempotent, atomic overwrite) instead of a second file."""
+    import hashlib
+
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return hashlib.blake2b(sink.getvalue(), digest_size=16).hexdigest() + ".parquet"
+
+
+def record_commit(infos: list[dict], staging: str) -> int:
+    """Last step of a sink (on a worker): write the attempts to publish, ``{"attempt": path,
+    "partition": "lang=de", "rows": n}`` each, atomically; running it again rewrites the list.
+    Returns the rows listed."""
+    from storage.io import write_json_atomic
+
+    root = Path(staging)
+    listed = [{"attempt": Path(i["attempt"]).name, "partition": i["partition"], "rows": int(i["rows"])} for i in infos]
+    write_json_atomic(root / ATTEMPTS / COMMIT_LIST, sorted(listed, key=lambda i: (i["partition"], i["attempt"])))
+    return sum(i["rows"] for i in listed)
+
+
+def apply_commit(staging: Path) -> int:
+    """On the driver: move the listed attempts into ``<partition>/part-NNNNN.parquet`` and delete the
+    attempts folder. Two entries with the same content share a name; the second gets a copy.
+    Returns the rows committed; a staging folder without attempts is left as it is."""
+    import json
+
+    attempts = Path(staging) / ATTEMPTS
+    if not attempts.exists():
+        return 0
+    commit = attempts / COMMIT_LIST
+    if not commit.exists():
+        raise DatasetCountError(f"{staging}: the sink's attempts were never committed (its last step did not run)")
+    infos = json.loads(commit.read_text())
+    index: dict[str, int] = {}
+    placed: dict[str, Path] = {}
+    rows = 0
+    for info in infos:
+        i = index[info["partition"]] = index.get(info["partition"], -1) + 1
+        dest = Path(staging) / info["partition"] / part_file_name(i)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if info["attempt"] in placed:
+            shutil.copyfile(placed[info["attempt"]], dest)
+        else:
+            os.replace(attempts / info["attempt"], dest)
+            placed[info["attempt"]] = dest
+        rows += info["rows"]
+    shutil.rmtree(attempts)
+    return rows
+
+
 def swap_into_place(staging: Path, final: Path) -> None:
     """Replace ``final`` (a folder, maybe absent) with ``staging`` by two renames on one filesystem:
     readers see the old folder or the new one, never a mix."""
@@ -105,6 +169,7 @@ class DatasetWriter:
         replaces a non-empty one only with ``replace_empty`` (``EmptyReplaceError``). Afterwards
         ``replaced_rows`` holds the row count of the version that was replaced (0 if none).
         """
+        apply_commit(self.staging)  # a Beam sink's committed attempts become part files, here, once
         manifest = build_manifest(self.spec, self.staging, producer=producer, stats=stats)
         if expected_rows is not None and manifest.rows != expected_rows:
             raise DatasetCountError(

@@ -34,6 +34,10 @@ DEFAULT_HOME_NAME = "labse_home"
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The platform home: the argument, else ``$LABSE_HOME``, else ``./labse_home``; always absolute."""
     raw = home if home is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME_NAME
+    if "://" in str(raw):  # s3://... would silently become a local folder named "s3:"
+        setting = "--home" if home is not None else HOME_ENV
+        raise ValueError(f"{setting}={raw}: the platform home is a local (or shared) folder; put the lake on an "
+                         "object store with LABSE_LAKE_URL and `labse lake push|pull` (infra/README.md)")
     return Path(raw).expanduser().resolve()
 
 

@@ -43,7 +43,10 @@ def configure(layout: Layout, experiment: str = EXPERIMENT) -> str:
     mlflow.set_tracking_uri(tracking_uri(layout))
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        exp_id = mlflow.create_experiment(experiment, artifact_location=layout.mlflow_artifacts.as_uri())
+        # A tracking server (http://, the compose stack in infra/) stores artifacts where it was told
+        # (--artifacts-destination s3://...); a database URI in this process means local artifacts.
+        server = tracking_uri(layout).startswith(("http://", "https://"))
+        exp_id = mlflow.create_experiment(experiment, artifact_location=None if server else layout.mlflow_artifacts.as_uri())
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

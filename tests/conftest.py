@@ -15,6 +15,13 @@ os.environ["LABSE_HOME"] = str(_SESSION_HOME)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one thread each, or torch's OpenMP pools
+    # oversubscribe the cores (two 2-thread pools on 2 cores run many times slower, not 2x).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 from flows.env import bootstrap  # noqa: E402  (after the environment above)
 
@@ -48,6 +55,15 @@ def layout(tmp_path):
     from storage.layout import Layout
 
     return Layout.from_env(tmp_path / "home").ensure()
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_model(tmp_path_factory, real_catalogs) -> Path:
+    """An exported tiny encoder (bag of subwords, gettext vocabulary) that evaluation tests share: building
+    one costs seconds; treat it as read-only."""
+    from tests.eval_helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("evalmodel"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,3 +37,17 @@ def sentence_batch(
     input_ids = pad_sequences(seqs, special.pad)  # (N, T)
     attention_mask = pad_sequences([np.ones(len(s)) for s in seqs], 0)  # (N, T)
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def special_ids_of(tokenizer: Any, need_mask: bool = False) -> SpecialIds:
+    """A HF tokenizer's own special ids (XLM-R's <pad>=1, <s>=0, </s>=2, <mask>=250001; LaBSE's
+    wordpiece [PAD]=0, ...), read from the tokenizer, never assumed. A missing [MASK] maps to [UNK]
+    unless `need_mask` (masked language modelling cannot do without one)."""
+    ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("pad", "unk", "cls", "sep", "mask")}
+    missing = [k for k, v in ids.items() if v is None and (k != "mask" or need_mask)]
+    if missing:
+        raise ValueError(
+            f"the model's tokenizer has no {missing} token(s); LaBSE needs [CLS], [SEP], [PAD], [UNK]"
+            + (" and [MASK] for MLM" if need_mask else "")
+        )
+    return SpecialIds(**{k: v if v is not None else ids["unk"] for k, v in ids.items()})

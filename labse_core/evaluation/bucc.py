@@ -189,7 +189,7 @@ def result_rows(results: Sequence[BuccLanguageResult]) -> list[dict]:
         for split, m in (("dev", r.dev), ("test", r.test)):
             n = r.sizes[f"{split}_gold"]
             for metric in ("precision", "recall", "f1", "threshold"):
-                rows.append({"split": split, "scope": "language", "language": r.lang, "direction": "xx-en",
+                rows.append({"split": split, "scope": "language", "language": r.lang, "direction": "both",
                              "metric": metric, "value": getattr(m, metric), "n": n})
         for d, v in (("xx->en", r.xsim_xx_en), ("en->xx", r.xsim_en_xx)):
             rows.append({"split": "test", "scope": "language", "language": r.lang, "direction": d,
@@ -198,7 +198,7 @@ def result_rows(results: Sequence[BuccLanguageResult]) -> list[dict]:
         for metric, get in (("f1", lambda r: r.test.f1), ("precision", lambda r: r.test.precision),
                             ("recall", lambda r: r.test.recall),
                             ("xsim_error", lambda r: (r.xsim_xx_en + r.xsim_en_xx) / 2)):
-            rows.append({"split": "test", "scope": "group", "language": "evaluated", "direction": "xx-en" if metric != "xsim_error" else "both",
+            rows.append({"split": "test", "scope": "group", "language": "evaluated", "direction": "both",
                          "metric": metric, "value": float(np.mean([get(r) for r in results])), "n": len(results)})
     return rows
 

@@ -97,3 +97,48 @@ def split_langs(values: Iterable[str] | None) -> list[str] | None:
     if not values:
         return None
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+def tuned_threshold(
+    layout: Layout, *, model_uri: str, model_name: str | None, model_version: str | None,
+    langs: Iterable[str] = (), eval_set: str = "bucc-gettext",
+) -> tuple[float, str] | None:
+    """The ratio-margin threshold that ``labse evaluate bucc`` tuned on its dev split for this model, and a
+    note saying where it came from; None when the model was never evaluated there.
+
+    A registry model matches on name and version (an alias moves, the version does not), a folder on its
+    path. The latest evaluation run of the model wins; within it the threshold of one of ``langs`` (the
+    pair's non-English side) when that language was evaluated, else the median over its languages
+    (thresholds differ little across languages for one model, and much across models: e5's best is
+    ~1.02, a from-scratch encoder's ~1.1)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root = layout.dataset_dir(EVAL_RESULTS.relpath)
+    manifest = read_manifest(root)
+    if manifest is None:
+        return None
+    files = [root / f.path for f in manifest.files if f"eval_set={eval_set}" in Path(f.path).parts]
+    if not files:
+        return None
+    cols = ["run_id", "created_at", "model_uri", "model_version", "split", "scope", "language", "metric", "value"]
+    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    t = t.filter(pc.and_(pc.equal(t["metric"], "threshold"),
+                         pc.and_(pc.equal(t["split"], "dev"), pc.equal(t["scope"], "language"))))
+    if model_name is not None and model_version is not None:
+        same = [u.startswith(f"models:/{model_name}@") or u.startswith(f"models:/{model_name}/")
+                for u in t["model_uri"].to_pylist()]
+        t = t.filter(pc.and_(pa.array(same), pc.equal(t["model_version"], model_version)))
+    else:
+        t = t.filter(pc.equal(t["model_uri"], model_uri))
+    if t.num_rows == 0:
+        return None
+    rows = t.to_pylist()
+    latest = max(rows, key=lambda r: r["created_at"])["run_id"]
+    by_lang = {r["language"]: r["value"] for r in rows if r["run_id"] == latest}
+    for lang in langs:
+        if lang in by_lang:
+            return by_lang[lang], f"tuned on bucc dev for {lang} (evaluation run {latest})"
+    values = sorted(by_lang.values())
+    median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+    return median, f"median of bucc dev thresholds over {sorted(by_lang)} (evaluation run {latest})"

@@ -51,7 +51,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from labse_core.data.batches import SpecialIds
+from labse_core.data.batches import special_ids_of
 from labse_core.data.shards import shard_files
 from labse_core.evaluation.retrieval import pair_rows_accuracy
 from labse_core.finetune.data import (
@@ -60,7 +60,7 @@ from labse_core.finetune.data import (
     retokenize,
     scan_pairs,
 )
-from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig
+from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig, grad_cache_chunks_backward
 from labse_core.model.encoder import LabseEncoder, is_sentence_transformers_folder
 from labse_core.training import distributed
 from labse_core.training.checkpoint import Checkpoint, Checkpointer
@@ -135,6 +135,13 @@ class FinetuneConfig(RunConfig, EncoderSettings):
     sees the same global batch as 2 processes x 1 stream."""
     max_len: int = 64
     """Longest sentence in tokens, [CLS]/[SEP] included; longer ones are truncated (LaBSE: 64)."""
+    grad_cache_chunk: int | None = None
+    """GradCache (labse_core.losses.ams, Gao et al. 2021): encode the rank's 2 x streams_per_rank x
+    batch_size sentences (sources and targets count one each) in chunks of this many, so activation
+    memory is one chunk's whatever the batch, at the cost of a second forward pass; the loss, its
+    negatives (gathered across ranks too) and the gradient are the whole batch's. Dropout masks are
+    replayed, so one chunk of the whole batch computes exactly the plain step. None: off (one forward
+    of the whole batch)."""
     balance_alpha: float = 1.0
     """Language-pair sampling exponent: p_l ∝ n_l^alpha by rejection sampling; 1: natural distribution,
     0: uniform over language pairs (labse_core.finetune.data)."""
@@ -193,6 +200,12 @@ class FinetuneConfig(RunConfig, EncoderSettings):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        rows = 2 * self.batch_size * self.streams_per_rank
+        if self.grad_cache_chunk is not None and not 1 <= self.grad_cache_chunk <= rows:
+            raise ValueError(
+                f"grad_cache_chunk must be in [1, {rows}] (sentences per forward; a rank's batch is 2 x "
+                f"streams_per_rank x batch_size = {rows} sentences), got {self.grad_cache_chunk}"
+            )
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.init_from is not None and not Path(self.init_from).is_dir():
@@ -351,14 +364,6 @@ def _check_vocab(cfg: FinetuneConfig, layout: Layout, encoder: LabseEncoder, tok
         )
 
 
-def special_ids_of(tokenizer: Any) -> SpecialIds:
-    ids = {k: getattr(tokenizer, f"{k}_token_id") for k in ("pad", "unk", "cls", "sep", "mask")}
-    missing = [k for k, v in ids.items() if v is None and k != "mask"]
-    if missing:
-        raise ValueError(f"the model's tokenizer has no {missing} token(s); LaBSE needs [CLS], [SEP], [PAD], [UNK]")
-    return SpecialIds(**{k: v if v is not None else ids["unk"] for k, v in ids.items()})
-
-
 def evaluate(encoder: LabseEncoder, rows: Sequence[dict], cfg: FinetuneConfig) -> dict:
     """Held-out retrieval accuracy of `encoder` on pair rows (labse_core.evaluation.retrieval)."""
     return pair_rows_accuracy(encoder, rows, cfg.max_len, cfg.eval_batch_size, cfg.special_ids)
@@ -404,11 +409,14 @@ class FineTuner:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         n = batch["input_ids"].shape[0] // 2  # B local pairs
         self.model.train()
-        with distributed.autocast(self.device, cfg.bf16):
-            emb = self.net(**batch)  # (2B, D) sources then targets, one forward
-        emb = emb.float()
-        loss = self.loss_fn(emb[:n], emb[n:])  # local rows vs all ranks' columns: (B, B*world) scores
-        loss.backward()
+        if cfg.grad_cache_chunk is not None:
+            loss = self._grad_cache_backward(batch, n, cfg.grad_cache_chunk)
+        else:
+            with distributed.autocast(self.device, cfg.bf16):
+                emb = self.net(**batch)  # (2B, D) sources then targets, one forward
+            emb = emb.float()
+            loss = self.loss_fn(emb[:n], emb[n:])  # local rows vs all ranks' columns: (B, B*world) scores
+            loss.backward()
         grad_norm = clip_and_step(self.optimizer, self.model.parameters(), cfg.grad_clip)
         self.step += 1
         totals = all_reduce_sum(
@@ -425,6 +433,28 @@ class FineTuner:
         return FinetuneStepStats(
             loss=loss_sum / env.world_size, pairs=int(pairs), tokens=int(tok), grad_norm=norm, lr=lr
         )
+
+    def _grad_cache_backward(self, batch: dict[str, torch.Tensor], n: int, chunk: int) -> torch.Tensor:
+        """The step's gradient by GradCache: the (2B, T) batch cut into row chunks of `chunk`
+        sentences, each trimmed to its own longest row (padding is masked, so the embeddings are the
+        same), the AMS loss over all 2B embeddings (gathered across ranks as in the plain step)."""
+        lengths = batch["attention_mask"].sum(dim=1)  # (2B,)
+        chunks = []
+        for a in range(0, 2 * n, chunk):
+            t = int(lengths[a : a + chunk].max())
+            chunks.append({k: v[a : a + chunk, :t] for k, v in batch.items()})
+
+        def embed(**c: torch.Tensor) -> torch.Tensor:
+            with distributed.autocast(self.device, self.cfg.bf16):
+                return self.net(**c)  # (b, D)
+
+        def loss_of(emb: torch.Tensor) -> torch.Tensor:  # (2B, D), outside autocast as in the plain step
+            emb = emb.float()
+            return self.loss_fn(emb[:n], emb[n:])
+
+        # DDP: chunks but the last backprop inside no_sync(), one all-reduce after the last.
+        no_sync = self.ddp.no_sync if self.ddp is not None else None
+        return grad_cache_chunks_backward(embed, loss_of, chunks, no_sync=no_sync)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ concatenated) or from GradCache below, because DDP allows one forward per backwa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -201,7 +201,8 @@ class AdditiveMarginSoftmaxLoss(nn.Module):
 # function. We snapshot the RNG state before each chunk in step 1 and replay it in step 3 (the
 # `RandContext` of the GradCache reference code). Even so the result equals the plain full-batch
 # loss only WITHOUT dropout (eval mode or p = 0): with dropout, the full batch and the chunks draw
-# different masks, so the two are equally valid samples of the gradient, not the same number.
+# different masks, so the two are equally valid samples of the gradient, not the same number (one
+# chunk holding the whole batch draws the plain step's masks: then the two are equal with dropout too).
 # Forward code whose randomness depends on something other than the torch RNG (e.g. non-deterministic
 # kernels) breaks the replay silently.
 
@@ -247,7 +248,31 @@ def grad_cache_backward(
     so gradients are all-reduced once, after the last chunk. `loss_fn` may gather across ranks
     (AdditiveMarginSoftmaxLoss does); its backward runs once, in step 2, on every rank.
     """
-    chunks = list(src_chunks) + list(tgt_chunks)
+    src_chunks, tgt_chunks = list(src_chunks), list(tgt_chunks)
+    sizes = [len(c) if not isinstance(c, Mapping) else len(next(iter(c.values()))) for c in src_chunks]
+    n_src = sum(sizes)
+
+    def loss_of(e: torch.Tensor) -> torch.Tensor:
+        return loss_fn(e[:n_src], e[n_src:])  # (N, D) sources, (N, D) targets
+
+    return grad_cache_chunks_backward(model, loss_of, src_chunks + tgt_chunks)
+
+
+def grad_cache_chunks_backward(
+    model: Callable[..., torch.Tensor],
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    chunks: Sequence[Chunk],
+    no_sync: Callable[[], AbstractContextManager] | None = None,
+) -> torch.Tensor:
+    """GradCache over any cut of one batch: `loss_of(cat(embeddings of every chunk, in order))` ->
+    scalar; its parameter gradient is accumulated into `.grad` and the loss returned (detached).
+
+    The fine-tuning trainer cuts its (2B, T) batch (B sources then B targets) into row chunks and
+    splits the (2B, D) embeddings at B inside `loss_of`, so a chunk may hold sources and targets.
+    `model` is any callable returning (b, D) embeddings; `no_sync` (default: `model.no_sync`, DDP's)
+    wraps every chunk's backward but the last. Dropout: as grad_cache_backward.
+    """
+    chunks = list(chunks)
 
     # 1. Embeddings without a graph; remember the RNG state each chunk started from.
     snapshots, cached = [], []
@@ -258,15 +283,12 @@ def grad_cache_backward(
 
     # 2. Loss and its gradient w.r.t. the embeddings (leaf tensors, no encoder graph).
     leaves = [e.detach().requires_grad_() for e in cached]
-    n_src = len(src_chunks)
-    x = torch.cat(leaves[:n_src])  # (N, D)
-    y = torch.cat(leaves[n_src:])  # (N, D)
-    loss = loss_fn(x, y)
+    loss = loss_of(torch.cat(leaves))  # cat of leaves: each leaf gets its slice of the gradient
     loss.backward()
 
     # 3. Re-embed each chunk with a graph and push the cached gradient through it. Backprop of
     # (e * g).sum() w.r.t. the parameters is exactly J_e^T g.
-    no_sync = getattr(model, "no_sync", None)  # DistributedDataParallel
+    no_sync = no_sync or getattr(model, "no_sync", None)  # DistributedDataParallel
     for k, (chunk, snap, leaf) in enumerate(zip(chunks, snapshots, leaves, strict=True)):
         last = k == len(chunks) - 1
         with snap.replay(), no_sync() if no_sync is not None and not last else nullcontext():

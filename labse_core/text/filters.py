@@ -22,7 +22,9 @@ length-calibrated softmax; see ``LangId``).
 Speed (CPU time on one core of a busy 2-core box, 100k real gettext pairs in 16 languages, batches
 of 1000): ~19-21k pairs/s with language ID (which takes 20-25% of it: ~47k texts reach it, ~25 us
 each), ~25k pairs/s without; ``check_pair`` one record at a time: ~5-6k pairs/s (language ID
-per text is ~130 us unbatched). Prefer ``check_pairs`` on a bundle.
+per text is ~130 us unbatched). Prefer ``check_pairs`` on a bundle; a worker that sees many bundles
+uses ``PairChecker``, which also remembers what it computed per distinct text (in gettext data the
+English msgid recurs in every language's catalog).
 """
 
 from __future__ import annotations
@@ -538,3 +540,183 @@ def check_pairs(
         for i, pend in waiting:
             results[i] = _decide_langid(pend, [tops[t] for t, _ in pend], cfg)
     return results
+
+
+# ------------------------------------------------------------------------------------------------
+# The same checks with per-text memory (the prepare stage's hot path)
+# ------------------------------------------------------------------------------------------------
+
+
+class _Side:
+    """What the filters compute from one side alone; ``PairChecker`` computes it once per text."""
+
+    __slots__ = ("content", "counts", "fold", "ids", "markup", "n_chars", "n_words", "placeholders", "wlen",
+                 "has_digit", "_copy_key", "_repetitive", "_share_ok", "_numbers")
+
+    def __init__(self, s: str, cfg: FilterConfig, wid: dict[str, float]) -> None:
+        self.n_chars = len(s)
+        self.n_words = len(s.split())
+        self.content = content_text(s)
+        self.ids = script_ids(self.content)
+        self.counts = _id_counts(self.ids)
+        self.markup = not self.ids and _MARKUP_RE.search(s) is not None
+        self.wlen = _weighted_length(self.content, self.counts, wid)
+        self.fold = s.casefold()
+        self.placeholders = tn.placeholder_list(s)
+        self.has_digit = _ANY_DIGIT_RE.search(s) is not None
+        self._copy_key: str | None = None
+        self._repetitive: bool | None = None
+        self._numbers: Counter[str] | None = None
+        self._share_ok: dict[str, bool] = {}
+
+
+class PairChecker:
+    """``check_pairs`` for a stream of batches, remembering what it computed per text.
+
+    Everything a filter derives from one side alone (lengths, content, script ids, markup, the
+    casefolded and key forms, placeholders, repetition, the script share, the language-ID result) is
+    computed once per distinct text and kept for later batches: in gettext data the English side of
+    a msgid recurs in every language's catalog, and identical translations recur across catalogs.
+    The pair-level decisions are the ones of ``check_pair``, in ``ORDER``, calling the same helpers,
+    so the result is identical (``tests/labse_core/test_text_filters.py`` compares the two on real
+    pairs). Memory is bounded: a cache is emptied when it holds ``max_cached`` texts.
+    """
+
+    def __init__(self, cfg: FilterConfig = DEFAULT_FILTERS, max_cached: int = 200_000) -> None:
+        self.cfg = cfg
+        self.max_cached = max_cached
+        self._wid = _weights_by_id(cfg.char_weights)
+        self._sides: dict[str, _Side] = {}
+        self._tops: dict[str, tuple[str, float]] = {}
+
+    def side(self, s: str) -> _Side:
+        f = self._sides.get(s)
+        if f is None:
+            if len(self._sides) >= self.max_cached:
+                self._sides.clear()
+            f = self._sides[s] = _Side(s, self.cfg, self._wid)
+        return f
+
+    def _repetitive(self, f: _Side) -> bool:
+        if f._repetitive is None:
+            f._repetitive = is_repetitive(f.content, self.cfg)
+        return f._repetitive
+
+    def _copy_key(self, s: str, f: _Side) -> str:
+        if f._copy_key is None:
+            f._copy_key = _copy_key(s)
+        return f._copy_key
+
+    def _numbers_match(self, src: str, a: _Side, tgt: str, b: _Side) -> bool:
+        """``numbers_match`` with each side's ``numbers`` computed once."""
+        if not a.has_digit and not b.has_digit:
+            return True
+        if a._numbers is None:
+            a._numbers = tn.numbers(src)
+        if b._numbers is None:
+            b._numbers = tn.numbers(tgt)
+        x, y = a._numbers, b._numbers
+        if x == y:
+            return True
+        only_a, only_b = x - y, y - x
+        if only_a and only_b:
+            return False
+        return all(len(n) <= 3 and int(n) <= self.cfg.number_max_spelled for n in (only_a or only_b))
+
+    def _script_ok(self, f: _Side, other: _Side, expected: str) -> bool:
+        """``_script_ok``; its first test (the side alone) is remembered per expected scripts."""
+        ok = f._share_ok.get(expected)
+        if ok is None:
+            cfg = self.cfg
+            ok = f._share_ok[expected] = (
+                sum(f.counts.values()) < cfg.script_min_letters
+                or _share(f.counts, expected, self._wid) >= cfg.script_min_share
+            )
+        return ok or _script_ok(f.content, f.counts, other.content, expected, self.cfg, self._wid)
+
+    def _before_langid(self, src: str, tgt: str, src_lang: str, tgt_lang: str) -> str | _Pending | None:
+        """``_check_before_langid`` on remembered side features (same decisions, same order)."""
+        cfg, off = self.cfg, self.cfg.disabled
+        if EMPTY_SIDE not in off and (not src or not tgt or src.isspace() or tgt.isspace()):
+            return EMPTY_SIDE
+        a, b = self.side(src), self.side(tgt)
+        if TOO_LONG not in off and (
+            a.n_chars > cfg.max_chars or b.n_chars > cfg.max_chars or max(a.n_words, b.n_words) > cfg.max_words
+        ):
+            return TOO_LONG
+        if MARKUP_OR_URL not in off and (a.markup or b.markup):
+            return MARKUP_OR_URL
+        if TOO_SHORT not in off and (
+            min(a.n_chars, b.n_chars) < cfg.min_chars
+            or min(a.n_words, b.n_words) < cfg.min_words
+            or min(len(a.ids), len(b.ids)) < cfg.min_letters
+        ):
+            return TOO_SHORT
+        if LENGTH_RATIO not in off:
+            sm = cfg.length_ratio_smoothing
+            if max(a.wlen, b.wlen) + sm > cfg.max_length_ratio * (min(a.wlen, b.wlen) + sm):
+                return LENGTH_RATIO
+        if (
+            COPY not in off
+            and a.counts.keys() == b.counts.keys()
+            and (a.fold == b.fold or self._copy_key(src, a) == self._copy_key(tgt, b))
+        ):
+            return COPY
+        if REPETITION not in off and (self._repetitive(a) or self._repetitive(b)):
+            return REPETITION
+        if (
+            PLACEHOLDER_MISMATCH not in off
+            and a.placeholders != b.placeholders
+            and not placeholders_match(src, tgt, cfg.placeholder_allow_dropped_count)
+        ):
+            return PLACEHOLDER_MISMATCH
+        if NUMBER_MISMATCH not in off and not self._numbers_match(src, a, tgt, b):
+            return NUMBER_MISMATCH
+        if SCRIPT_MISMATCH not in off:
+            ea, eb = _expected_ids(src_lang), _expected_ids(tgt_lang)
+            if (ea is not None and not self._script_ok(a, b, ea)) or (eb is not None and not self._script_ok(b, a, eb)):
+                return SCRIPT_MISMATCH
+        if LANG_ID in off:
+            return None
+        pending: _Pending = []
+        if len(a.ids) >= cfg.lang_id_min_letters:
+            acc = _langid_accepted(src_lang, cfg.lang_id_skip)
+            if acc is not None:
+                pending.append((a.content, acc))
+        if len(b.ids) >= cfg.lang_id_min_letters:
+            acc = _langid_accepted(tgt_lang, cfg.lang_id_skip)
+            if acc is not None:
+                pending.append((b.content, acc))
+        return pending or None
+
+    def check(
+        self, src_list: Sequence[str], tgt_list: Sequence[str], src_langs: Sequence[str], tgt_langs: Sequence[str]
+    ) -> list[str | None]:
+        """``check_pairs(src_list, tgt_list, src_langs, tgt_langs, self.cfg)``."""
+        n = len(src_list)
+        if not len(tgt_list) == len(src_langs) == len(tgt_langs) == n:
+            raise ValueError(
+                f"PairChecker.check: lengths differ: {n} src, {len(tgt_list)} tgt, {len(src_langs)} src_langs, "
+                f"{len(tgt_langs)} tgt_langs"
+            )
+        results: list[str | None] = [None] * n
+        waiting: list[tuple[int, _Pending]] = []
+        before = self._before_langid
+        for i in range(n):
+            res = before(src_list[i], tgt_list[i], src_langs[i], tgt_langs[i])
+            if res.__class__ is list:
+                waiting.append((i, res))  # type: ignore[arg-type]
+            else:
+                results[i] = res  # type: ignore[assignment]
+        if waiting:
+            tops = self._tops
+            new = list(dict.fromkeys(t for _, pend in waiting for t, _ in pend if t not in tops))
+            if new:
+                if len(tops) + len(new) > self.max_cached:
+                    tops.clear()
+                    new = list(dict.fromkeys(t for _, pend in waiting for t, _ in pend))
+                tops.update(zip(new, get_langid().top(new), strict=True))
+            cfg = self.cfg
+            for i, pend in waiting:
+                results[i] = _decide_langid(pend, [tops[t] for t, _ in pend], cfg)
+        return results

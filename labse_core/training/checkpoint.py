@@ -78,6 +78,34 @@ def latest_checkpoint(root: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def _to_safe(obj: Any) -> Any:
+    """``obj`` with NumPy arrays and scalars replaced by what ``torch.load(weights_only=True)`` accepts
+    (tensors, Python numbers, str, tuples, lists, dicts), so resuming unpickles no arbitrary object;
+    ``_from_safe`` undoes it. An array travels as {"__ndarray__": tensor, "dtype": its dtype}: torch has
+    no uint32 arithmetic on every version, so the values go as int64 and the dtype restores them."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "iub"
+                                                                                   else np.float64)),
+                "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(_to_safe(v) for v in obj)
+    return obj
+
+
+def _from_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj and set(obj) == {"__ndarray__", "dtype"}:
+            return obj["__ndarray__"].numpy().astype(np.dtype(obj["dtype"]))
+        return {k: _from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(_from_safe(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -92,7 +120,7 @@ def save_checkpoint(
     with atomic_dir(final) as tmp:
         torch.save(model_state, tmp / "model.pt")
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save({"step": step} | trainer_state, tmp / "trainer.pt")
+        torch.save(_to_safe({"step": step} | trainer_state), tmp / "trainer.pt")
         (tmp / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     steps = checkpoint_steps(root)
     for _, old in steps[: max(0, len(steps) - keep)]:
@@ -188,7 +216,7 @@ class Checkpoint:
         path = latest_checkpoint(root) if resume else None
         if path is None:
             return None
-        return cls(path, torch.load(path / "trainer.pt", map_location="cpu", weights_only=False))
+        return cls(path, _from_safe(torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)))
 
     @property
     def step(self) -> int:

@@ -14,7 +14,7 @@ from labse_core.prepare import REJECT_REASONS, InputSpec, load_eval_keys
 from labse_core.text.normalize import sentence_key
 from storage import catalog
 from storage.layout import Layout
-from storage.schemas import CLEAN_PAIRS, REJECTS
+from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS
 from tests.conftest import LOCALE_ROOT, TATOEBA
 
 IN_MEMORY = BeamConfig(running_mode="in_memory", num_workers=1)
@@ -142,3 +142,76 @@ def test_config_errors_before_any_work(tmp_path, layout):
         run(PrepareConfig(from_raw_corpus=True, eval_sets=[]), layout)
     with pytest.raises(PrepareError, match="evaluation set .* does not exist"):
         run(PrepareConfig(inputs=[InputSpec(path=tmp_path / "x.tsv")], eval_sets=[tmp_path / "nope"]), layout)
+
+
+def _dataset_rows(layout, spec, fields):
+    from storage.datasets import current_manifest
+
+    m = current_manifest(layout, spec)
+    root = layout.dataset_dir(spec.relpath)
+    rows = []
+    for f in m.files:
+        for r in pq.read_table(root / f.path).to_pylist():
+            rows.append(tuple((r | f.partition).get(c) for c in fields))
+    return Counter(rows)
+
+
+def test_raw_corpus_through_the_stage_equals_the_per_record_functions(tmp_path, real_catalogs):
+    """corpus_raw from real catalogs -> the Beam stage (Arrow tables between steps) gives exactly the
+    clean and rejects rows of the per-record functions: process_batch, then resolve_duplicates per
+    pair key, then cap_translations per source."""
+    from beam_jobs import gettext_ingest
+    from labse_core import prepare as core
+
+    layout = Layout.from_env(tmp_path / "home")
+    ingest = gettext_ingest.GettextIngestConfig(languages=["de", "ja", "sr@latin"], domains=["glib20", "coreutils"],
+                                                beam=IN_MEMORY)
+    gettext_ingest.run(ingest, layout)
+    raw_fields = [f.name for f in RAW_PAIRS.schema]
+    raw = _dataset_rows(layout, RAW_PAIRS, raw_fields)
+    rows = [dict(zip(raw_fields, t, strict=True)) for t, n in raw.items() for _ in range(n)]
+    assert len(rows) > 3000
+    # evaluation sentences: some of the catalogs' own texts, on either side
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text("".join(r["tgt_text"].replace("\n", " ") + "\n" for r in rows[::151])
+                         + "".join(r["src_text"].replace("\n", " ") + "\n" for r in rows[::173]))
+    rules = core.PrepareRules()
+    kept, rejects = core.process_batch(rows, rules, load_eval_keys([eval_file]))
+    groups = {}
+    for r in kept:
+        groups.setdefault(r["pair_key"], []).append(r)
+    clean = []
+    for g in groups.values():
+        winner, lost = core.resolve_duplicates(g)
+        clean.append(winner)
+        rejects += lost
+    clean_fields = [f.name for f in CLEAN_PAIRS.schema]
+    reject_fields = [f.name for f in REJECTS.schema]
+    cfg = PrepareConfig(eval_sets=[eval_file], beam=IN_MEMORY, batch_size=700, rows_per_file=900)
+    result = run(cfg, layout)
+    assert _dataset_rows(layout, CLEAN_PAIRS, clean_fields) == Counter(tuple(r.get(c) for c in clean_fields) for r in clean)
+    assert _dataset_rows(layout, REJECTS, reject_fields) == Counter(tuple(r.get(c) for c in reject_fields) for r in rejects)
+    assert {"duplicate", "eval_overlap", "copy"} <= set(result.clean.stats["rejected_by_reason"])
+
+    # the cap on translations per source, after the dedupe
+    by_source = {}
+    for r in clean:
+        by_source.setdefault((r["lang"], sentence_key(r["src_text"])), []).append(r)
+    capped, dropped, tied = [], [], set()
+    for key, g in by_source.items():
+        k, d = core.cap_translations(g, 1)
+        capped += k
+        dropped += d
+        order = sorted(core.order_key(r) for r in g)
+        if len(order) > 1 and order[0] == order[1]:
+            # two plural forms of one entry with the same English text: which one is kept is not defined
+            tied.add(key)
+    result = run(cfg.model_copy(update={"max_translations_per_source": 1, "shuffle_digits": 0}), layout)
+    assert result.stats["rejected.source_cap"] == len(dropped) > 0
+    got = _dataset_rows(layout, CLEAN_PAIRS, clean_fields)
+    assert sum(got.values()) == len(capped)
+
+    def untied(rows):
+        return Counter(r for r in rows if (r[0], sentence_key(r[2])) not in tied)
+
+    assert untied(got.elements()) == untied(tuple(r.get(c) for c in clean_fields) for r in capped)

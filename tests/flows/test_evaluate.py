@@ -18,14 +18,13 @@ from labse_core.evaluation.tatoeba import load_tatoeba
 from storage import catalog
 from storage.layout import Layout
 from tests.conftest import TATOEBA
-from tests.eval_helpers import make_tiny_model
 
 LANGS = ["deu", "fra", "nld", "spa"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, real_catalogs) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("evalmodel"))
+def model_dir(tiny_eval_model) -> Path:
+    return tiny_eval_model
 
 
 def st_accuracy(model_dir: Path, langs: list[str]) -> dict[str, tuple[float, float]]:
@@ -178,7 +177,7 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
         assert res.exit_code == 0, res.output
         assert "F1" in res.output and "xSIM" in res.output
         got = catalog.query(layout, "SELECT split, metric, value FROM eval_results WHERE eval_set = 'bucc-gettext' AND "
-                                    "scope = 'language' AND language = 'de' AND direction = 'xx-en'").to_pylist()
+                                    "scope = 'language' AND language = 'de' AND direction = 'both'").to_pylist()
         value = {(r["split"], r["metric"]): r["value"] for r in got}
         # Independently: the same held-out pairs and sets, mined again, scored at the dev-tuned threshold.
         held = [(t, s) for s, t in rows if is_held_out(s, t, 0.3)]
@@ -187,6 +186,16 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
         assert value[("test", "f1")] == pytest.approx(again.test.f1)
         assert value[("dev", "threshold")] == pytest.approx(again.dev.threshold, rel=1e-6)
         assert 0.0 < value[("test", "f1")] <= 1.0
+        # `labse mine` without --threshold then uses the threshold tuned for this model (de's dev value).
+        src_file, tgt_file = tmp_path / "de.txt", tmp_path / "en.txt"
+        src_file.write_text("".join(de + "\n" for de, _ in held[:30]))  # held: (de, en)
+        tgt_file.write_text("".join(en + "\n" for _, en in held[:30]))
+        res = CliRunner().invoke(app, ["--home", str(layout.home), "mine", "--src", str(src_file), "--tgt", str(tgt_file),
+                                       "--src-lang", "de", "--tgt-lang", "en", "--model", str(model_dir), "--no-filter"])
+        assert res.exit_code == 0, res.output
+        mined_summary = json.loads(next(layout.runs.rglob("mine.json")).read_text())
+        assert mined_summary["threshold"] == pytest.approx(value[("dev", "threshold")])
+        assert "tuned on bucc dev for de" in mined_summary["threshold_source"]
         res = CliRunner().invoke(app, ["--home", str(layout.home), "evaluate", "bucc", "--model", str(model_dir),
                                        "--langs", "fr"])
         assert res.exit_code == 2 and "no language 'fr'" in res.output

@@ -88,5 +88,42 @@ def test_evaluate_language_with_a_toy_encoder():
                                                       "test_tgt": 130, "dev_gold": 60, "test_gold": 60}
     rows = bucc.result_rows([res])
     f1 = [r for r in rows if r["metric"] == "f1" and r["split"] == "test" and r["scope"] == "language"]
-    assert f1 == [{"split": "test", "scope": "language", "language": "xx", "direction": "xx-en", "metric": "f1",
+    assert f1 == [{"split": "test", "scope": "language", "language": "xx", "direction": "both", "metric": "f1",
                    "value": res.test.f1, "n": 60}]
+
+
+def test_tuned_threshold_is_the_models_latest_dev_value(tmp_path):
+    import datetime as dt
+
+    from labse_core.evaluation.results import publish_rows, tuned_threshold
+    from storage.layout import Layout
+
+    layout = Layout.from_env(tmp_path / "home").ensure()
+
+    def rows(values: dict[str, float]) -> list[dict]:
+        out = [{"split": "dev", "scope": "language", "language": lang, "direction": "both", "metric": "threshold",
+                "value": v, "n": 10} for lang, v in values.items()]
+        return out + [{"split": "test", "scope": "language", "language": "de", "direction": "both",
+                       "metric": "threshold", "value": 9.0, "n": 10}]  # a test-split value is never used
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    folder = str(tmp_path / "model")
+    assert tuned_threshold(layout, model_uri=folder, model_name=None, model_version=None) is None
+    publish_rows(layout, "bucc-gettext", rows({"de": 1.10, "fr": 1.20}), run_id="old", model_uri="models:/labse@champion",
+                 model_version="3", created_at=t0)
+    publish_rows(layout, "bucc-gettext", rows({"de": 1.02, "fr": 1.04, "ja": 1.09}), run_id="new",
+                 model_uri="models:/labse/3", model_version="3", created_at=t0 + dt.timedelta(days=1))
+    publish_rows(layout, "bucc-gettext", rows({"de": 1.50}), run_id="v4", model_uri="models:/labse@champion",
+                 model_version="4", created_at=t0 + dt.timedelta(days=2))
+    publish_rows(layout, "bucc-gettext", rows({"de": 1.30}), run_id="dir", model_uri=folder, model_version=None,
+                 created_at=t0)
+    publish_rows(layout, "tatoeba-v1", rows({"de": 7.0}), run_id="tat", model_uri="models:/labse/3", model_version="3",
+                 created_at=t0 + dt.timedelta(days=3))  # another eval set: ignored
+
+    # Version 3, whichever URI named it: its latest run ("new"); the pair's language, else the median.
+    v3 = dict(model_uri="models:/labse@champion", model_name="labse", model_version="3")
+    assert tuned_threshold(layout, **v3, langs=["fr"])[0] == pytest.approx(1.04)
+    value, note = tuned_threshold(layout, **v3, langs=["ko"])
+    assert value == pytest.approx(1.04) and "median" in note and "new" in note
+    assert tuned_threshold(layout, model_uri="models:/other/3", model_name="other", model_version="3") is None
+    assert tuned_threshold(layout, model_uri=folder, model_name=None, model_version=None, langs=["de"])[0] == 1.30

@@ -298,9 +298,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
+@pytest.mark.parametrize("grad_cache_chunk", [None, 5])
+def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path, grad_cache_chunk):
     """torchrun, 2 gloo ranks x 1 data stream == 1 process x 2 streams: the same global batch of pairs
-    (cross-replica negatives), so the same losses and parameters."""
+    (cross-replica negatives), so the same losses and parameters. Also with GradCache on the 2 ranks
+    (chunks of 5 of each rank's 16 sentences, negatives gathered from both ranks, one gradient
+    all-reduce after the last chunk) against the plain single process."""
     cfg = _cfg(
         corpus,
         max_steps=3,
@@ -315,7 +318,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
         # +-lr update in one run and not the other. A larger eps keeps roundoff at roundoff scale.
         eps=1e-3,
     )
-    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    ddp_cfg = cfg.model_copy(update={"grad_cache_chunk": grad_cache_chunk})
+    (tmp_path / "cfg.json").write_text(ddp_cfg.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable,

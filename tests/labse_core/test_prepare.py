@@ -1,5 +1,8 @@
 """Decisions of the prepare stage, without Beam."""
 
+import collections
+
+import numpy as np
 import pytest
 
 from labse_core import prepare as core
@@ -177,3 +180,73 @@ def test_evaluation_sets_of_every_kind(tmp_path):
     bad.write_bytes(b"ok\n\xff\n")
     with pytest.raises(PrepareError, match=r"bad\.txt:2: not UTF-8 text"):
         core.check_eval_sets([txt, bad])
+
+
+# ------------------------------------------------------------------------------------------------
+# The Arrow form of the stage decides exactly as the per-record form, on real catalogs
+
+
+def _real_rows(real_catalogs, locales=("de", "ja", "ru", "ar", "sr@latin", "zh_CN", "hi", "fr"), domains=(
+        "coreutils.mo", "glib20.mo", "gtk30.mo", "dpkg.mo", "iso_3166-1.mo")):
+    rows = []
+    for loc in locales:
+        for dom in domains:
+            path = real_catalogs / loc / "LC_MESSAGES" / dom
+            if path.exists():
+                rows += list(core.iter_input(InputSpec(path=path)))
+    return rows
+
+
+def _as_set(rows, fields):
+    return collections.Counter(tuple(r.get(f) for f in fields) for r in rows)
+
+
+def test_table_preparer_and_dedupe_table_equal_the_per_record_functions(real_catalogs):
+    import pyarrow as pa
+
+    rows = _real_rows(real_catalogs)[::4]
+    # the same pairs again from another "file" (duplicates across files), an English-variant row,
+    # reader rejects, and evaluation sentences taken from the data itself (overlap on either side)
+    rows += [r | {"origin": "copy-" + r["origin"]} for r in rows[::3]]
+    rows += [row("Colour", "Color", lang="en"), core.reject_row("invalid_utf8", "line 3", source="tsv", origin="x", line=3)]
+    eval_keys = frozenset(sentence_key(r["tgt_text"]) for r in rows[::97]) | frozenset(
+        sentence_key(r["src_text"]) for r in rows[::89])
+    assert len(rows) > 5000
+    rules = core.PrepareRules()
+    kept_ref, rej_ref = [], []
+    preparer = core.TablePreparer(rules, eval_keys, max_cached=500)  # caches emptied many times
+    kept_tabs, rej_tabs = [], []
+    for i in range(0, len(rows), 700):
+        k, r = core.process_batch(rows[i : i + 700], rules, eval_keys)
+        kept_ref += k
+        rej_ref += r
+        batch = rows[i : i + 700]
+        if i % 1400 == 0 and not any("reason" in x for x in batch):  # half as Arrow tables, as corpus_raw gives them
+            batch = pa.Table.from_pylist(batch)
+        k, r = preparer.process(batch)
+        kept_tabs.append(k)
+        rej_tabs.append(r)
+    kept = pa.concat_tables(kept_tabs)
+    kept_fields = [f.name for f in core.KEPT_SCHEMA if f.name != "existing"]
+    reject_fields = [f.name for f in core.REJECT_SCHEMA]
+    assert _as_set(kept.to_pylist(), kept_fields) == _as_set(kept_ref, kept_fields)
+    assert _as_set(pa.concat_tables(rej_tabs).to_pylist(), reject_fields) == _as_set(rej_ref, reject_fields)
+    reasons = collections.Counter(r["reason"] for r in rej_ref)
+    assert {"copy", "eval_overlap", "same_language", "invalid_utf8", "too_short"} <= set(reasons)
+
+    # dedupe: every pair_key group through resolve_duplicates, vs one sort; some rows already published
+    existing = list({r["pair_key"]: dict(r, existing=True, origin="old.po") for r in kept_ref[::13]}.values())
+    groups = collections.defaultdict(list)
+    for r in kept_ref + existing:
+        groups[r["pair_key"]].append(r)
+    win_ref, lost_ref = [], []
+    for g in groups.values():
+        w, lost = core.resolve_duplicates(g)
+        win_ref.append(w)
+        lost_ref += lost
+    table = pa.concat_tables([kept, pa.Table.from_pylist(existing, schema=core.KEPT_SCHEMA)])
+    winners, lost = core.dedupe_table(table.take(np.random.default_rng(0).permutation(table.num_rows)))
+    assert _as_set(winners.to_pylist(), [*kept_fields, "existing"]) == _as_set(
+        [w | {"existing": bool(w.get("existing"))} for w in win_ref], [*kept_fields, "existing"])
+    assert _as_set(lost.to_pylist(), reject_fields) == _as_set(lost_ref, reject_fields)
+    assert {"duplicate", "duplicate_existing"} <= {r["reason"] for r in lost_ref}

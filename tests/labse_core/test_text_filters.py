@@ -14,6 +14,7 @@ from labse_core.text.filters import (
     ORDER,
     REASONS,
     FilterConfig,
+    PairChecker,
     check_pair,
     check_pairs,
     content_text,
@@ -24,7 +25,11 @@ from tests.conftest import LOCALE_ROOT, TATOEBA
 
 
 def check(src, tgt, src_lang="en", tgt_lang="de", cfg=filters.DEFAULT_FILTERS):
-    return check_pair(normalize_text(src), normalize_text(tgt), src_lang, tgt_lang, cfg)
+    a, b = normalize_text(src), normalize_text(tgt)
+    out = check_pair(a, b, src_lang, tgt_lang, cfg)
+    # the remembering form decides the same, for every case and configuration of these tests
+    assert PairChecker(cfg).check([a], [b], [src_lang], [tgt_lang]) == [out]
+    return out
 
 
 LOCKED = "The file could not be opened because it is locked"
@@ -356,6 +361,14 @@ def _assert_batched_equals_per_record(rows):
         )
     ]
     assert pieces == single
+    # PairChecker: per-text memory kept across batches (and emptied when full) changes nothing
+    for checker in (PairChecker(), PairChecker(max_cached=50)):
+        remembered = [
+            x
+            for i in range(0, len(rows), 333)
+            for x in checker.check(src[i : i + 333], tgt[i : i + 333], src_langs[i : i + 333], tgt_langs[i : i + 333])
+        ]
+        assert remembered == single
     return collections.Counter(batched)
 
 

@@ -105,8 +105,41 @@ def test_checkpoint_folders_keep_the_newest(tmp_path):
     assert [s for s, _ in checkpoint_steps(tmp_path)] == [3, 10]
     latest = latest_checkpoint(tmp_path)
     assert latest.name == "step-10"  # by step number, not by name or time
-    assert torch.load(latest / "trainer.pt", weights_only=False) == {"step": 10, "x": 10}
+    assert torch.load(latest / "trainer.pt", weights_only=True) == {"step": 10, "x": 10}
     assert FinetuneConfig(**json.loads((latest / "config.json").read_text())) == cfg
+
+
+def test_trainer_state_loads_without_unpickling_objects(tmp_path):
+    import pickle
+    import random
+
+    import numpy as np
+
+    from labse_core.training.checkpoint import Checkpoint, rng_state
+
+    random.seed(1)
+    np.random.seed(2)
+    np.random.normal()  # a cached Gaussian in NumPy's state too
+    state = {"rng": [rng_state()], "data": {"0": {"perm": np.arange(5, dtype=np.uint32), "pos": np.int64(7),
+                                                  "w": np.linspace(0, 1, 3, dtype=np.float32), "ok": np.bool_(True)}}}
+    save_checkpoint(tmp_path, 4, {"w": torch.ones(1)}, {}, state, tiny_cpu(), keep=1)
+    meta = Checkpoint.latest(tmp_path, resume=True).meta  # torch.load(weights_only=True) inside
+    got = meta["data"]["0"]
+    assert got["perm"].dtype == np.uint32 and got["perm"].tolist() == [0, 1, 2, 3, 4]
+    assert got["w"].dtype == np.float32 and np.array_equal(got["w"], state["data"]["0"]["w"])
+    assert got["pos"] == 7 and got["ok"] is True
+    saved = meta["rng"][0]["numpy"]
+    assert saved[0] == "MT19937" and np.array_equal(saved[1], np.random.get_state()[1]) and saved[2:] == np.random.get_state()[2:]
+    assert meta["rng"][0]["python"] == random.getstate()
+
+    class Payload:  # what a tampered checkpoint would carry: loading must refuse it, not run it
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    with open(tmp_path / "step-4" / "trainer.pt", "wb") as f:
+        pickle.dump({"step": 4, "x": Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        Checkpoint.latest(tmp_path, resume=True)
 
 
 def test_rank_data_states_merge_per_source_and_shard():

@@ -1,0 +1,115 @@
+"""bench.common: child measurement (CPU of descendants, peak RSS, reported payload), interleaving
+order, the min/median/ratio summary against plain statistics, load flags and the results JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import pytest
+
+from bench import common
+
+BURN = "import time\nt=time.process_time()\nwhile time.process_time()-t<{s}: pass\n"
+
+
+def test_child_cpu_includes_grandchild_and_payload():
+    # The child burns 0.2 s itself and waits for a grandchild that burns 0.3 s: both must be counted.
+    code = (
+        "import subprocess, sys\n"
+        + BURN.format(s=0.2)
+        + f"subprocess.run([sys.executable, '-c', {BURN.format(s=0.3)!r}], check=True)\n"
+        "from bench.common import child_report\nchild_report({'answer': 42})\n"
+    )
+    run = common.measure_child([sys.executable, "-c", code])
+    assert run.cpu_s >= 0.45
+    assert run.wall_s >= 0.45
+    assert run.result == {"answer": 42}
+    assert run.peak_rss_mb > 1
+    assert run.load_before and run.load_after
+
+
+def test_child_peak_rss_and_failure():
+    # Held for 0.5 s: the peak is sampled (VmHWM) every 0.1 s.
+    code = "import time\nb = bytearray(150 * 2**20)\nb[::4096] = b'x' * len(b[::4096])\ntime.sleep(0.5)\n"
+    run = common.measure_child([sys.executable, "-c", code])
+    assert run.peak_rss_mb >= 150
+    assert run.result is None
+    with pytest.raises(RuntimeError, match="exit 3"):
+        common.measure_child([sys.executable, "-c", "raise SystemExit(3)"], quiet=True)
+
+
+def test_child_peak_excludes_the_parent_image():
+    # ru_maxrss of a forked child counts the parent's pages before exec; the sampled VmHWM does not.
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    run = common.measure_child([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    assert run.peak_rss_mb < 200
+    del ballast
+
+
+def test_thread_env_sets_every_pool():
+    env = common.thread_env(1, {"PATH": "/bin"})
+    assert all(env[v] == "1" for v in common.THREAD_VARS) and env["PATH"] == "/bin"
+
+
+def test_interleave_order():
+    order: list[str] = []
+
+    def side(name):
+        def fn():
+            order.append(name)
+            return name
+
+        return fn
+
+    runs = common.interleave({"ours": side("ours"), "peer": side("peer")}, repeats=3)
+    assert order == ["ours", "peer"] * 3
+    assert runs == {"ours": ["ours"] * 3, "peer": ["peer"] * 3}
+
+
+def test_compare_matches_plain_statistics():
+    ours, peer = [3.0, 1.0, 2.0, 7.0], [5.0, 4.0, 6.0]
+    rate = common.compare(ours, peer, higher_is_better=True)
+    assert rate["ours"]["min"] == 1.0 and rate["ours"]["median"] == statistics.median(ours)
+    assert rate["ratio_of_min"] == pytest.approx(1.0 / 4.0)
+    assert rate["ratio_of_median"] == pytest.approx(statistics.median(ours) / 5.0)
+    assert rate["ratio_of_best"] == pytest.approx(7.0 / 6.0)
+    time_ = common.compare(ours, peer, higher_is_better=False)  # times: peer/ours, best = min
+    assert time_["ratio_of_min"] == pytest.approx(4.0 / 1.0)
+    assert time_["ratio_of_best"] == pytest.approx(4.0)
+    assert time_["ratio_of_median"] == pytest.approx(5.0 / 2.5)
+
+
+def test_load_flag():
+    assert common.load_flag(10.0, 10.0, 1.0, 0.2, 1.0) == []
+    foreign = common.load_flag(10.0, 10.0, 8.0, 0.2, 1.0)
+    assert len(foreign) == 1 and foreign[0].startswith("foreign load 0.80")
+    rise = common.load_flag(10.0, 10.0, 0.0, 0.2, 2.0)  # own 1 core + 0.5 < 1.8 rise
+    assert len(rise) == 1 and rise[0].startswith("load average rose")
+
+
+def test_write_result_and_machine(tmp_path):
+    m = common.machine()
+    assert m["cpu_count"] >= 1 and isinstance(m["cpu_model"], str)
+    assert common.versions("pytest", "no-such-package-xyz") == {
+        "pytest": pytest.__version__,
+        "no-such-package-xyz": None,
+    }
+    r = common.Result(
+        name="demo",
+        command="python -m bench.demo --quick",
+        equal_work="same",
+        ours={"a": 1},
+        peer={"b": (1, 2)},
+        metrics={"x": common.compare([1.0], [2.0], True)},
+    )
+    path = common.write_result(r, tmp_path)
+    data = json.loads(path.read_text())
+    assert path.name == "demo.json" and data["peer"] == {"b": [1, 2]}
+    assert data["machine"]["cpu_count"] == m["cpu_count"] and data["metrics"]["x"]["ratio_of_min"] == 0.5
+
+
+def test_matmul_peak_positive():
+    assert common.matmul_peak(n=128, seconds=0.05) > 1e6
