@@ -195,6 +195,10 @@ def _max_seq_length(tokenizer, cfg: EncoderConfig, requested: int | None) -> int
     return requested
 
 
+_SPARE_ROWS_SEEN: set[tuple[int, int]] = set()
+"""(tokenizer ids, encoder rows) already reported: a pipeline exports the same model many times."""
+
+
 def _check_tokenizer(tokenizer, cfg: EncoderConfig) -> None:
     n = len(tokenizer)
     if n > cfg.vocab_size:
@@ -202,7 +206,8 @@ def _check_tokenizer(tokenizer, cfg: EncoderConfig) -> None:
             f"tokenizer has {n} ids but the encoder's embedding table has {cfg.vocab_size} rows: "
             "they were not built for each other"
         )
-    if n < cfg.vocab_size:
+    if n < cfg.vocab_size and (n, cfg.vocab_size) not in _SPARE_ROWS_SEEN:
+        _SPARE_ROWS_SEEN.add((n, cfg.vocab_size))
         log.warning(
             "tokenizer has %d ids, the encoder %d rows: the last rows are never used", n, cfg.vocab_size
         )
