@@ -139,3 +139,21 @@ def test_new_data_in_the_inbox_triggers_scheduled_retrain(platform):
     serve.wait(30)
     after = api(platform["prefect"], "GET", f"/deployments/{dep['id']}")
     assert after["paused"] is False  # pause_on_shutdown=False: the schedule outlives labse serve
+
+
+def test_prepare_append_emits_new_data_landed(platform, tmp_path):
+    """`labse prepare --append` with new clean pairs tells the server; the trigger creates a scheduled-retrain
+    run (server-side: it needs no `labse serve`, which the previous test stopped)."""
+    dep = deployment(platform, "scheduled-retrain/scheduled-retrain")
+
+    def retrain_runs():
+        return api(platform["prefect"], "POST", "/flow_runs/filter",
+                   {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
+    before = len(retrain_runs())
+    tsv = tmp_path / "more.tsv"
+    tsv.write_text("Save the document\tDas Dokument speichern\nClose the window\tDas Fenster schließen\n"
+                   "Print the page\tDie Seite drucken\n", encoding="utf-8")
+    res = labse(platform["env"], "prepare", "--append", "--no-raw", "-i", str(tsv), "--langs", "en,de")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "emitted: new data landed" in res.stdout, res.stdout
+    wait_for("a scheduled-retrain run from the event", lambda: len(retrain_runs()) > before, 60, platform["log"])

@@ -441,3 +441,20 @@ def test_cli_names_a_missing_init_folder_without_a_traceback(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "init_from '/no/such/LaBSE' is not a folder" in err and "Traceback" not in err
+
+
+def test_pipeline_launch_under_torchrun_matches_one_process(corpus, tmp_path, monkeypatch):
+    """The pipeline's training launch (flows.torchrun.train) with two processes per node, as on a 2-GPU
+    node (here 2 CPU gloo ranks via LABSE_TORCHRUN_NPROC): it runs `torchrun --standalone` as a
+    subprocess and hands back rank 0's result, equal to one process reading the same 2 data streams."""
+    from flows import torchrun
+
+    cfg = _cfg(corpus, max_steps=2, batch_size=8, warmup_steps=1, eval_max_pairs=32, eval_every=10**6,
+               eval_at_start=False, lr=3e-3, eps=1e-3)
+    monkeypatch.setenv(torchrun.NPROC_ENV, "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ddp = torchrun.train("finetune", cfg, Layout(tmp_path / "ddp"))
+    assert (tmp_path / "ddp" / "runs").is_dir() and any((tmp_path / "ddp" / "runs").glob("torchrun-finetune-*/torchrun.log"))
+    single = run(cfg.model_copy(update={"streams_per_rank": 2}), Layout(tmp_path / "single"))
+    np.testing.assert_allclose(ddp.losses, single.losses, rtol=0, atol=1e-5)
+    assert len(ddp.losses) == 2
