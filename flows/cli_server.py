@@ -11,21 +11,16 @@ Registered in ``flows/cli.py`` by ``cli_server.register(app)``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from flows.cli_errors import fail as _fail
+
 console = Console(soft_wrap=True, highlight=False)
 server_app = typer.Typer(no_args_is_help=True, help="Local Prefect and MLflow servers for this home.")
-
-
-def _fail(message: object, code: int = 2) -> None:
-    sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-    sys.stderr.flush()
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
