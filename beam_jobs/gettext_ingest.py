@@ -31,12 +31,14 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.counters import counters
+from beam_jobs.failures import stage_failures
 from beam_jobs.options import BeamConfig
 from labse_core import langcodes
 from labse_core.gettext_catalog import CatalogError, catalog_pairs, locale_from_path, read_catalog
 from storage.datasets import DatasetWriter, current_manifest, part_file_name, partition_path
 from storage.io import write_parquet
 from storage.layout import Layout
+from storage.locks import lake_lock
 from storage.manifest import Manifest
 from storage.schemas import RAW_PAIRS
 
@@ -237,8 +239,13 @@ class _ParseAndWriteFn(beam.DoFn):
 def run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None = None, producer: dict | None = None) -> IngestResult:
     """Run the stage. A malformed catalog (unless ``skip_bad_catalogs``) raises ``CatalogError`` /
     ``IngestError`` naming the file and line, and leaves the published dataset untouched."""
-    t0 = time.perf_counter()
     layout.ensure()
+    with lake_lock(layout, "ingest"), stage_failures("ingest", layout):
+        return _run(cfg, layout, run_id, producer)
+
+
+def _run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None, producer: dict | None) -> IngestResult:
+    t0 = time.perf_counter()
     driver_stats: Counter = Counter()
     refs = discover_catalogs(cfg, driver_stats)
     if not refs:

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
+from labse_core.faults import maybe_die
 from storage.datasets import ATTEMPTS, apply_commit, attempt_name, partition_path, record_commit
 from storage.io import write_parquet
 from storage.schemas import DatasetSpec
@@ -59,11 +60,13 @@ class ReadParquetBatches(beam.DoFn):
 
 
 class _BufferedWriteFn(beam.DoFn):
-    def __init__(self, spec: DatasetSpec, staging: str, rows_per_file: int, max_buffered_rows: int):
+    def __init__(self, spec: DatasetSpec, staging: str, rows_per_file: int, max_buffered_rows: int,
+                 fault_point: str | None = None):
         self.spec = spec
         self.staging = staging
         self.rows_per_file = rows_per_file
         self.max_buffered_rows = max_buffered_rows
+        self.fault_point = fault_point  # labse_core.faults point hit after each attempt file is written
 
     def start_bundle(self):
         self.buffers: dict[tuple, list[dict]] = defaultdict(list)
@@ -92,6 +95,8 @@ class _BufferedWriteFn(beam.DoFn):
         rel = partition_path(self.spec, dict(zip(self.spec.partition_by, key, strict=True)))
         attempt = os.path.join(self.staging, ATTEMPTS, attempt_name(table))
         n = write_parquet(self.spec, table, attempt)
+        if self.fault_point:
+            maybe_die(self.fault_point)
         return {"attempt": attempt, "partition": rel, "rows": n}
 
 
@@ -112,19 +117,22 @@ class WritePartitionedRows(beam.PTransform):
         staging: str | os.PathLike[str],
         rows_per_file: int = 250_000,
         max_buffered_rows: int = 100_000,
+        fault_point: str | None = None,
     ):
         super().__init__()
         self.spec = spec
         self.staging = str(staging)
         self.rows_per_file = rows_per_file
         self.max_buffered_rows = max_buffered_rows
+        self.fault_point = fault_point
 
     def expand(self, rows):
         staging = self.staging
         return (
             rows
             | "WriteAttempts"
-            >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows))
+            >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows,
+                                           self.fault_point))
             | "CollectFileNames" >> beam.combiners.ToList()  # names and counts only
             | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
         )
@@ -188,6 +196,8 @@ class _BufferedTableWriteFn(_BufferedWriteFn):
         table = table.drop_columns(list(self.spec.partition_by))
         attempt = os.path.join(self.staging, ATTEMPTS, attempt_name(table))
         rows = write_parquet(self.spec, table, attempt)  # checks names, types and nulls
+        if self.fault_point:
+            maybe_die(self.fault_point)
         return {"attempt": attempt, "partition": rel, "rows": rows}
 
 
@@ -216,7 +226,8 @@ class WritePartitionedTables(WritePartitionedRows):
         return (
             tables
             | "WriteAttempts"
-            >> beam.ParDo(_BufferedTableWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows))
+            >> beam.ParDo(_BufferedTableWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows,
+                                                self.fault_point))
             | "CollectFileNames" >> beam.combiners.ToList()
             | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
         )

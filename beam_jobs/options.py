@@ -95,6 +95,8 @@ class BeamConfig(BaseModel):
         # What DirectRunner gives the FnApiRunner: the options, for the workers (log level ...).
         provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
             pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options())))
-        worker = SubprocessSDKEnvironment.from_command_string(f"{sys.executable} -m beam_jobs.worker")
+        # exec: the runner starts the command with a shell; the worker replaces it (one process per worker,
+        # and no shell to print "Killed" when a worker is killed: the stage reports that itself).
+        worker = SubprocessSDKEnvironment.from_command_string(f"exec {sys.executable} -m beam_jobs.worker")
         return beam.Pipeline(runner=fn_runner.FnApiRunner(default_environment=worker, provision_info=provision),
                              options=options)

@@ -35,13 +35,15 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.counters import counters
+from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetTables, WritePartitionedTables
 from beam_jobs.options import BeamConfig
 from labse_core import prepare as core
 from labse_core.langcodes import normalize
 from labse_core.text.normalize import sentence_key
-from storage.datasets import DatasetWriter, check_replace, current_manifest
+from storage.datasets import DatasetWriter, check_replace, commit, current_manifest
 from storage.layout import Layout, default_eval_sets
+from storage.locks import lake_lock
 from storage.manifest import Manifest
 from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS, DatasetSpec
 
@@ -267,8 +269,13 @@ def check_inputs(cfg: PrepareConfig, layout: Layout, skipped: list[str] | None =
 
 
 def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer: dict | None = None) -> PrepareResult:
-    t0 = time.perf_counter()
     layout.ensure()
+    with lake_lock(layout, "prepare"), stage_failures("prepare", layout):
+        return _run(cfg, layout, run_id, producer)
+
+
+def _run(cfg: PrepareConfig, layout: Layout, run_id: str | None, producer: dict | None) -> PrepareResult:
+    t0 = time.perf_counter()
     skipped: list[str] = []
     raw_files = check_inputs(cfg, layout, skipped)
     existing_clean = _files(layout, CLEAN_PAIRS) if cfg.mode == "append" else []
@@ -317,13 +324,15 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
                 rejects.append(capped[_CapFn.REJECTS])
                 kept = capped.kept
             _ = (kept | "CountClean" >> beam.Map(_count_clean)
-                 | "WriteClean" >> WritePartitionedTables(CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file))
+                 | "WriteClean" >> WritePartitionedTables(CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file,
+                                                         fault_point="prepare.part_written"))
             if existing_rejects:
                 rejects.append(p | "OldRejectFiles" >> beam.Create(existing_rejects, reshuffle=True)
                                | "ReadOldRejects" >> beam.ParDo(ReadParquetTables(cfg.batch_size))
                                | "OldRejectRows" >> beam.Map(core.conform, core.REJECT_SCHEMA))
             _ = (rejects | "AllRejects" >> beam.Flatten()
-                 | "WriteRejects" >> WritePartitionedTables(REJECTS, rejects_w.staging, cfg.rows_per_file))
+                 | "WriteRejects" >> WritePartitionedTables(REJECTS, rejects_w.staging, cfg.rows_per_file,
+                                                          fault_point="prepare.part_written"))
         stats = counters(p.result, NAMESPACE)
         errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
         if errors and not cfg.skip_bad_inputs:
@@ -351,10 +360,13 @@ def run(cfg: PrepareConfig, layout: Layout, run_id: str | None = None, producer:
         rejects_may_empty = cfg.replace_empty or clean_rows > 0
         check_replace(layout, CLEAN_PAIRS, clean_rows, replace_empty=cfg.replace_empty)
         check_replace(layout, REJECTS, stats["rejected"] + old_rejects, replace_empty=rejects_may_empty)
-        clean_m = clean_w.publish(producer=info, stats=run_stats, expected_rows=clean_rows,
-                                  replace_empty=cfg.replace_empty)
-        rejects_m = rejects_w.publish(producer=info, stats=run_stats, expected_rows=stats["rejected"] + old_rejects,
-                                      replace_empty=rejects_may_empty)
+        clean_m = clean_w.stage(producer=info, stats=run_stats, expected_rows=clean_rows,
+                                replace_empty=cfg.replace_empty)
+        rejects_m = rejects_w.stage(producer=info, stats=run_stats, expected_rows=stats["rejected"] + old_rejects,
+                                    replace_empty=rejects_may_empty)
+        commit(layout, [clean_w.move, rejects_w.move])  # both or (after a crash) neither
+        clean_w.done()
+        rejects_w.done()
     except BaseException:
         clean_w.abort()
         rejects_w.abort()

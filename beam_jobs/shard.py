@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 import zlib
 from pathlib import Path
 
@@ -31,14 +30,17 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.counters import counters
+from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
 from beam_jobs.vocab import _mono
 from labse_core.data.masking import make_tlm_example
+from labse_core.faults import maybe_die
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
-from storage.datasets import DatasetWriter, current_manifest, swap_into_place
+from storage.datasets import DatasetWriter, commit, current_manifest, new_staging
 from storage.io import atomic_path, write_json_atomic, write_parquet
 from storage.layout import Layout
+from storage.locks import lake_lock
 from storage.schemas import CLEAN_PAIRS, SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 
 NAMESPACE = "shard"
@@ -151,6 +153,7 @@ class _WritePairShardFn(beam.DoFn):
             _count("tlm", len(tlm))
         if self.cfg.tfrecord:
             write_tfrecord(Path(self.tfr_dir) / f"pairs-{name}.tfrecord", [example_bytes(r) for r in rows])
+        maybe_die("shard.part_written")
 
 
 class _WriteMonoShardFn(beam.DoFn):
@@ -171,6 +174,7 @@ class _WriteMonoShardFn(beam.DoFn):
         write_parquet(SHARD_MLM, pa.Table.from_pylist(rows, schema=SHARD_MLM.file_schema),
                       Path(self.out_dir) / f"part-{shard:05d}-of-{self.n:05d}.parquet")
         _count("mlm", len(rows))
+        maybe_die("shard.part_written")
 
 
 def count_tfrecords(path: Path) -> int:
@@ -187,6 +191,11 @@ def count_tfrecords(path: Path) -> int:
 
 
 def run(cfg: ShardConfig, layout: Layout) -> ShardResult:
+    with lake_lock(layout.ensure(), "shard"), stage_failures("shard", layout):
+        return _run(cfg, layout)
+
+
+def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
     t0 = time.perf_counter()
     manifest = current_manifest(layout, CLEAN_PAIRS)
     spm_model = layout.vocab / MODEL_FILENAME
@@ -201,8 +210,8 @@ def run(cfg: ShardConfig, layout: Layout) -> ShardResult:
     n_pairs = max(1, math.ceil(manifest.rows / cfg.rows_per_shard))
     n_mono = max(1, math.ceil(2 * manifest.rows / cfg.rows_per_shard))
     writers = {spec.name: DatasetWriter(layout, spec).begin() for spec in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM)}
-    tfr_staging = layout.staging / f"tfrecord-{uuid.uuid4().hex[:12]}"
-    tfr_staging.mkdir(parents=True)
+    tfr_held = new_staging(layout, "tfrecord")
+    tfr_staging = tfr_held.path
     try:
         with cfg.beam.pipeline() as p:
             rows = (p | "CleanFiles" >> beam.Create(files, reshuffle=True)
@@ -239,24 +248,27 @@ def run(cfg: ShardConfig, layout: Layout) -> ShardResult:
         if cfg.tfrecord and sum(tfr_counts.values()) != manifest.rows:
             raise ShardError(f"TFRecord files hold {sum(tfr_counts.values())} records, expected {manifest.rows}")
         info = {"stage": "shard", "config": cfg.model_dump(mode="json"), "vocab": str(spm_model)}
-        published = {}
+        published, moves = {}, []
         for name, w in writers.items():
             if name == "shards_tlm" and not cfg.tlm or name == "shards_mlm" and not expected[name]:
                 w.abort()
                 continue
-            published[name] = w.publish(producer=info, stats=stats, expected_rows=expected[name])
+            published[name] = w.stage(producer=info, stats=stats, expected_rows=expected[name])
+            moves.append(w.move)
         if cfg.tfrecord:
             write_json_atomic(tfr_staging / "_manifest.json",
                               {"records": sum(tfr_counts.values()), "files": tfr_counts, "producer": info,
                                "features": {"src_raw": "bytes", "tgt_raw": "bytes", "src_lang": "bytes",
                                             "tgt_lang": "bytes", "src_ids": "int64 list", "tgt_ids": "int64 list"}})
-            swap_into_place(tfr_staging, layout.tfrecords)
+            moves.append((tfr_staging, layout.tfrecords))
+        commit(layout, moves)  # every shard dataset and the TFRecord copies, or (after a crash) none
+        for w in writers.values():
+            w.done()
+        tfr_held.remove()  # with tfrecord off: the unused staging folder
     except BaseException:
         for w in writers.values():
             w.abort()
-        import shutil
-
-        shutil.rmtree(tfr_staging, ignore_errors=True)
+        tfr_held.remove()
         raise
     return ShardResult(rows={k: m.rows for k, m in published.items()},
                        files={k: len(m.files) for k, m in published.items()},

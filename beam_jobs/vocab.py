@@ -18,20 +18,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from pathlib import Path
 
 import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field
 
+from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
 from labse_core import vocab as core
+from labse_core.faults import maybe_die
 from labse_core.readers.mono import read_mono
 from labse_core.readers.records import MonoSentence
-from storage.datasets import current_manifest, swap_into_place
+from storage.datasets import commit, current_manifest, new_staging
 from storage.io import write_json_atomic
 from storage.layout import Layout
+from storage.locks import lake_lock
 from storage.schemas import CLEAN_PAIRS
 
 
@@ -86,10 +88,16 @@ class _WriteSampleFn(beam.DoFn):
         chosen = [text for _, text in sorted(candidates)[:quota]]
         path = Path(self.out_dir) / f"{lang}.txt"
         path.write_text("".join(t.replace("\n", " ") + "\n" for t in chosen), encoding="utf-8")
+        maybe_die("vocab.part_written")
         yield lang, len(chosen)
 
 
 def run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
+    with lake_lock(layout.ensure(), "vocab"), stage_failures("vocab", layout):
+        return _run(cfg, layout)
+
+
+def _run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
     t0 = time.perf_counter()
     manifest = current_manifest(layout, CLEAN_PAIRS)
     if manifest is None and not cfg.mono_inputs:
@@ -98,7 +106,8 @@ def run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
         if not p.is_file():
             raise VocabError(f"monolingual input {p} does not exist")
     files = [str(layout.dataset_dir(CLEAN_PAIRS.relpath) / f.path) for f in manifest.files] if manifest else []
-    staging = layout.staging / f"vocab-{uuid.uuid4().hex[:12]}"
+    held = new_staging(layout, "vocab")
+    staging = held.path
     sample_dir = staging / "_sample"
     sample_dir.mkdir(parents=True)
     counts_path = staging / "_counts.json"
@@ -143,11 +152,10 @@ def run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
 
         shutil.rmtree(sample_dir)
         counts_path.unlink()
-        swap_into_place(staging, layout.vocab)
+        commit(layout, [(staging, layout.vocab)])
+        held.release()
     except BaseException:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
+        held.remove()
         raise
     return VocabResult(path=str(layout.vocab), vocab_size=cfg.vocab.vocab_size, languages=len(counts), sampled=sampled,
                        counts=counts, quotas=quotas, seconds=time.perf_counter() - t0)

@@ -20,6 +20,7 @@ Results go to bench/results/<name>.json with the exact command, the machine and 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -302,6 +303,74 @@ def child_cpu_s() -> float:
     """CPU-seconds of this process so far (for in-child steady-state windows)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------------
+# One command line for the parent and its children
+
+
+def parse_or_run_child(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    sides: Sequence[str],
+    child: Callable[[str, Path], None],
+) -> argparse.Namespace | None:
+    """Parse `argv` with a benchmark's `parser` plus the hidden `--side NAME --spec FILE` of its child
+    processes. In a child (`--side` given): run `child(side, spec)` and return None; in the parent:
+    the parsed arguments."""
+    parser.add_argument("--side", choices=list(sides), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        child(args.side, args.spec)
+        return None
+    return args
+
+
+def side_runner(
+    module: str, spec: Path, env: Mapping[str, str] | None = None
+) -> Callable[[str], Callable[[], ChildRun]]:
+    """side(name): a function that runs side `name` of `python -m module` (with `--side name --spec
+    spec`) in a fresh measured process, for `interleave`."""
+
+    def side(name: str) -> Callable[[], ChildRun]:
+        command = [sys.executable, "-m", module, "--side", name, "--spec", str(spec)]
+        return lambda: measure_child(command, env=env)
+
+    return side
+
+
+def hf_training_args(cfg: Any, out: Path, steps: int, bf16: bool, **extra: Any) -> dict[str, Any]:
+    """transformers' TrainingArguments (as keyword arguments, recorded in the results JSON) that run
+    our RunConfig's optimization: AdamW with the same lr, betas, eps and weight decay, linear warm-up
+    and decay over `steps`, the same clipping, seed and dtype; one log (of step 1: its loss is the
+    equal-work check), no checkpoints, no evaluation, no reporting, no dataloader workers. `extra`:
+    the benchmark's own settings (batch size, sampler, ...)."""
+    import torch
+
+    return {
+        "output_dir": str(out),
+        "max_steps": steps,
+        "learning_rate": cfg.lr,
+        "warmup_steps": cfg.warmup_steps,
+        "lr_scheduler_type": "linear",
+        "weight_decay": cfg.weight_decay,
+        "adam_beta1": cfg.betas[0],
+        "adam_beta2": cfg.betas[1],
+        "adam_epsilon": cfg.eps,
+        "max_grad_norm": cfg.grad_clip,
+        "optim": "adamw_torch",
+        "bf16": bf16,
+        "use_cpu": not torch.cuda.is_available(),
+        "logging_first_step": True,
+        "logging_steps": steps + 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "seed": cfg.seed,
+    } | extra
 
 
 # ---------------------------------------------------------------------------------------------------

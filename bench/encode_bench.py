@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,11 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--quick", action="store_true", help="fewer sentences and repeats")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/encode_bench[.quick].json)")
-    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.side:
-        child(args.side, args.spec)
+    args = common.parse_or_run_child(p, argv, SIDES, child)
+    if args is None:  # a child process: it has run its side
         return {}
     n = args.sentences or (800 if args.quick else 3000)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -161,11 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    env = common.thread_env(args.threads)
-
-    def side(name: str):
-        cmd = [sys.executable, "-m", "bench.encode_bench", "--side", name, "--spec", work / "spec.json"]
-        return lambda: common.measure_child(cmd, env=env)
+    side = common.side_runner("bench.encode_bench", work / "spec.json", common.thread_env(args.threads))
 
     def show(name: str, rep: int, r: common.ChildRun) -> None:
         flag = f"  FLAGGED: {'; '.join(r.flags)}" if r.flags else ""

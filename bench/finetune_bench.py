@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -131,30 +130,8 @@ def side_ours_train(spec: dict, work: Path) -> dict:
 
 def peer_arguments(cfg, out: Path, steps: int, bf16: bool) -> dict:
     """SentenceTransformerTrainingArguments, exactly (recorded in the results JSON)."""
-    return dict(
-        output_dir=str(out),
-        per_device_train_batch_size=cfg.batch_size,
-        max_steps=steps,
-        learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="linear",
-        weight_decay=cfg.weight_decay,
-        adam_beta1=cfg.betas[0],
-        adam_beta2=cfg.betas[1],
-        adam_epsilon=cfg.eps,
-        max_grad_norm=cfg.grad_clip,
-        optim="adamw_torch",
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_drop_last=True,
-        dataloader_num_workers=0,
-        logging_first_step=True,  # one log, of step 1: the first-step loss
-        logging_steps=steps + 1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=cfg.seed,
+    return common.hf_training_args(
+        cfg, out, steps, bf16, per_device_train_batch_size=cfg.batch_size, dataloader_drop_last=True
     )
 
 
@@ -294,11 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", type=Path, help="results JSON (default bench/results/finetune_bench[...].json)"
     )
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.side:
-        child(args.side, args.spec)
+    args = common.parse_or_run_child(parser, argv, SIDES, child)
+    if args is None:  # a child process: it has run its side
         return {}
     steps = args.steps or (10 if args.quick else 30)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -359,11 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"data: {vocab_size}-piece vocabulary, pair shards, initial model folder in {time.perf_counter() - t0:.1f}s"
     )
 
-    env = common.thread_env(args.threads)
-
-    def side(name: str):
-        cmd = [sys.executable, "-m", "bench.finetune_bench", "--side", name, "--spec", work / "spec.json"]
-        return lambda: common.measure_child(cmd, env=env)
+    side = common.side_runner("bench.finetune_bench", work / "spec.json", common.thread_env(args.threads))
 
     def rate(name: str, r: common.ChildRun) -> float:
         if name.endswith("encode"):

@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,32 +148,8 @@ def hf_masked_lm(cfg: PretrainConfig):
 
 
 def peer_arguments(cfg: PretrainConfig, out: Path, steps: int, bf16: bool) -> dict:
-    """The Trainer's exact configuration (recorded in the results JSON)."""
-    return dict(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=1,  # one dataset item = one prebuilt batch
-        learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="linear",
-        weight_decay=cfg.weight_decay,
-        adam_beta1=cfg.betas[0],
-        adam_beta2=cfg.betas[1],
-        adam_epsilon=cfg.eps,
-        max_grad_norm=cfg.grad_clip,
-        optim="adamw_torch",
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        # One log, of step 1 (its loss is the equal-work check): no per-step logging cost.
-        logging_first_step=True,
-        logging_steps=steps + 1,
-        save_strategy="no",
-        report_to=[],
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        seed=cfg.seed,
-        disable_tqdm=True,
-    )
+    """TrainingArguments, exactly (recorded in the results JSON): one dataset item is one prebuilt batch."""
+    return common.hf_training_args(cfg, out, steps, bf16, per_device_train_batch_size=1, remove_unused_columns=False)
 
 
 def side_peer(spec: dict, work: Path) -> dict:
@@ -281,11 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--out", type=Path, help="results JSON (default bench/results/pretrain_bench[...].json)"
     )
-    parser.add_argument("--side", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.side:
-        child(args.side, args.spec)
+    args = common.parse_or_run_child(parser, argv, ("ours", "peer"), child)
+    if args is None:  # a child process: it has run its side
         return {}
     steps = args.steps or (15 if args.quick else 40)
     repeats = args.repeats or (2 if args.quick else 3)
@@ -346,13 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = common.matmul_peak(device, dtype, 8192 if cuda else 1024, seconds=3.0)
     print(f"measured {dtype} matmul peak ({args.threads} thread(s)): {peak / 1e9:,.1f} GFLOP/s")
 
-    env = common.thread_env(args.threads)
-
-    def side(name: str):
-        return lambda: common.measure_child(
-            [sys.executable, "-m", "bench.pretrain_bench", "--side", name, "--spec", work / "spec.json"],
-            env=env,
-        )
+    side = common.side_runner("bench.pretrain_bench", work / "spec.json", common.thread_env(args.threads))
 
     def show(name: str, rep: int, r: common.ChildRun) -> None:
         rate = steady_rate(r.result, args.warmup)

@@ -41,6 +41,7 @@ from rich.table import Table
 
 from flows.cli_errors import fail as _fail
 from flows.cli_errors import one_line as _one_line
+from flows.cli_errors import service_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 # Not a terminal (a log file, a pipe, CI): no wrapping at 80 columns, no truncated table cells, no
@@ -243,7 +244,7 @@ def ingest(
             result = run(cfg, layout)
     except ValidationError as e:
         _fail(_explain(e))
-    except (IngestError, CatalogError, FileNotFoundError, UnknownLanguage, EmptyReplaceError) as e:
+    except (IngestError, CatalogError, OSError, UnknownLanguage, EmptyReplaceError) as e:  # OSError: a full disk, a lost worker
         _fail(str(e))
     _refresh_catalog(layout)
     m = result.manifest
@@ -705,6 +706,11 @@ def main() -> None:
         code = e.exit_code
     except KeyboardInterrupt:
         _exit_interrupted()
+    except Exception as e:  # a server gone mid-run: one line, exit 1; anything else keeps its traceback
+        if (message := service_error(e)) is None:
+            raise
+        sys.stderr.write(f"error: {message}\n")
+        code = 1
     if _interrupted.is_set():  # typer turns KeyboardInterrupt into exit code 130, silently
         _exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)

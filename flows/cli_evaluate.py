@@ -6,7 +6,9 @@
                [--threshold T] [--index flat|ivf|ivfpq|auto] [--no-filter] [--keep-embeddings]
 
 Each writes its results (``eval_results`` / ``mined``, appended), a JSON summary under LABSE_HOME/runs/<run>/
-and an MLflow run; bad input is one line on stderr and exit code 2.
+and an MLflow run; bad input is one line on stderr and exit code 2. A killed ``labse mine`` is resumed by running
+the same command again (labse_core.mining.resume): the same MLflow run, only missing chunks embedded, pairs
+appended once.
 
 Registered in ``flows/cli.py`` by ``cli_evaluate.register(app)``.
 """
@@ -171,6 +173,10 @@ def mine(
     console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
                   f"{s['candidates']:,} pairs scored >= {s['threshold']}, {s['kept']:,} kept after the filters "
                   f"(dropped: {s['dropped'] or 'none'})")
+    reused = sum(c.get("reused", 0) for c in s["embedding_chunks"].values())
+    if reused:  # a rerun of a killed run (labse_core.mining.resume)
+        console.print(f"resumed: {reused} embedding chunks reused from the interrupted run {report.run_id}, "
+                      f"{sum(c.get('embedded', 0) for c in s['embedding_chunks'].values())} embedded", highlight=False)
     if s["threshold_source"] == "default" and s["threshold"] == 1.06:
         console.print("[yellow]threshold:[/] stopes' default 1.06; run `labse evaluate bucc --model ...` once to tune "
                       "it for this model (later runs use the tuned value)", highlight=False)

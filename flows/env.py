@@ -12,11 +12,13 @@ import logging
 import os
 
 from storage.layout import HOME_ENV, Layout
+from storage.publish import recover
 from storage.tracking import offline_env
 
 
 def bootstrap(home: str | os.PathLike[str] | None = None) -> Layout:
     layout = Layout.from_env(home).ensure()
+    recover(layout)  # a publish cut short by a crash is rolled back before anything reads the lake
     os.environ[HOME_ENV] = str(layout.home)
     offline_env()
     from flows.server import client_env

@@ -113,10 +113,23 @@ def plot_tatoeba(result: tat.TatoebaResult, path: Path, title: str) -> Path:
     return out
 
 
-def _start_run(name: str, parent_run_id: str | None):
+def _start_run(name: str, parent_run_id: str | None, resume_run_id: str | None = None):
+    """A new MLflow run, or ``resume_run_id`` reopened (an interrupted attempt of the same run) if it exists."""
+    if resume_run_id and _live_run(resume_run_id):
+        parent = {"nested": True, "parent_run_id": parent_run_id} if parent_run_id else {}
+        return mlflow.start_run(run_id=resume_run_id, **parent)
     if parent_run_id:
         return mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id)
     return mlflow.start_run(run_name=name)
+
+
+def _live_run(run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.tracking.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
 
 
 def _log_table(rows: list[dict], artifact_file: str) -> None:
@@ -232,11 +245,12 @@ def mined_table(rows, *, src_lang: str, tgt_lang: str, mode: str, src_origin: st
 
 
 def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
-    """Mine ``cfg.src`` x ``cfg.tgt`` and append the pairs to ``mined`` (module docstring)."""
-    import shutil
-
+    """Mine ``cfg.src`` x ``cfg.tgt`` and append the pairs to ``mined`` (module docstring). Killed, the same
+    command resumes: same MLflow run, embedding chunks reused, pairs appended once (labse_core.mining.resume)."""
     from labse_core import langcodes
+    from labse_core.faults import maybe_die
     from labse_core.mining.miner import mine_inputs, open_input
+    from labse_core.mining.resume import MiningWork, run_files_published, work_key
     from storage.append import append_tables
     from storage.schemas import DATASETS, MINED
 
@@ -261,18 +275,21 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
             threshold_source = tuned[1]
     embed = embedder(source.folder, cfg.batch_size) if source else None
     model_uri = source.uri if source else "precomputed"
-    with _start_run("mine", cfg.parent_run_id) as run:
+    settings = cfg.model_dump(mode="json", exclude={"keep_embeddings", "parent_run_id", "prefect_artifacts"})
+    work = MiningWork.open(layout, work_key(src, tgt, source.folder if source else None,
+                                            settings | {"src_lang": src_lang, "tgt_lang": tgt_lang}))
+    with _start_run("mine", cfg.parent_run_id, work.run_id) as run:
         run_id = run.info.run_id
+        work.record_run(run_id)
         mlflow.set_tags({"stage": "mine", "model_uri": model_uri, "model_version": str(source.version if source else None),
                          "pair": f"{src_lang}-{tgt_lang}"})
         mlflow.log_params({"src": cfg.src, "tgt": cfg.tgt, **{k: str(v) for k, v in cfg.mine.model_dump().items()
                                                               if k != "rules"}})
-        work = layout.run_dir(run_id) / "embeddings"
         try:
-            result = mine_inputs(src, tgt, src_lang, tgt_lang, embed, work, cfg.mine)
-        finally:
-            if not cfg.keep_embeddings:
-                shutil.rmtree(work, ignore_errors=True)
+            result = mine_inputs(src, tgt, src_lang, tgt_lang, embed, work.path, cfg.mine)
+        except Exception:
+            work.finish()  # an error, not a crash: a rerun would fail the same way
+            raise
         created = dt.datetime.now(dt.UTC)
         table = mined_table(result.rows, src_lang=src_lang, tgt_lang=tgt_lang, mode=cfg.mine.mode, src_origin=cfg.src,
                             tgt_origin=cfg.tgt, model_uri=model_uri, model_version=source.version if source else None,
@@ -281,9 +298,11 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
                  "src_distinct": result.src_distinct, "tgt_distinct": result.tgt_distinct,
                  "candidates": len(result.pairs), "kept": len(result.rows), "index": result.index_kind,
                  "threshold": cfg.mine.threshold_value(), "threshold_source": threshold_source,
-                 "dropped": dict(result.dropped)}
-        append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
-                      producer={"stage": "mine", "run_id": run_id, "model_uri": model_uri}, stats=stats)
+                 "dropped": dict(result.dropped), "embedding_chunks": result.chunks}
+        if not run_files_published(layout, MINED, run_id):  # else an interrupted attempt of this run appended them
+            append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
+                          producer={"stage": "mine", "run_id": run_id, "model_uri": model_uri}, stats=stats)
+        maybe_die("mine.published")
         mlflow.log_metrics({k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
                            | {f"dropped.{k}": float(v) for k, v in result.dropped.items()})
         summary = stats | {"run_id": run_id, "model_uri": model_uri, "model_version": source.version if source else None,
@@ -295,6 +314,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         if result.rows:
             _log_table([{"src_text": r.src_text, "tgt_text": r.tgt_text, "margin": r.margin, "cosine": r.cosine}
                         for r in result.rows[:1000]], "mined_top.json")
+        work.finish(layout.run_dir(run_id) / "embeddings" if cfg.keep_embeddings else None)
     catalog.refresh(layout)
     if cfg.prefect_artifacts:
         publish_markdown("mine", [f"### mine {src_lang}-{tgt_lang}: {len(result.rows):,} pairs",

@@ -49,6 +49,7 @@ from flows.evaluate import (
     run_tatoeba,
 )
 from flows.reporting import plot_partition_rows, plot_training, publish_markdown, publish_prefect_artifacts
+from labse_core.evaluation.results import attach_registry_version
 from labse_core.finetune import train as finetune
 from labse_core.finetune.train import FinetuneConfig
 from labse_core.mining.miner import MineConfig
@@ -57,6 +58,7 @@ from labse_core.pretrain.train import PretrainConfig
 from labse_core.vocab import VocabConfig, vocab_size_of
 from storage import catalog, tracking
 from storage.layout import Layout
+from storage.locks import lake_lock
 from storage.manifest import MANIFEST_NAME
 from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS, SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 
@@ -548,6 +550,9 @@ def register_stage(model_dir: str, finetune_run_id: str, eval_pairs: list, regis
         promo = register_and_promote(model_dir, eval_pairs, name=registered_model, **kwargs)
         mlflow.set_tags({"registered_model": registered_model, "registered_version": promo.version,
                          "champion": str(promo.promoted).lower()})
+    # The evaluate stage ran on the folder (before this gate): its rows now name the version it became.
+    attach_registry_version(layout, [evaluation.get("tatoeba_run_id"), evaluation.get("bucc_run_id")],
+                            model_uri=str(Path(model_dir).resolve()), name=registered_model, version=str(promo.version))
     stats = {"registered_version": promo.version, "promoted": promo.promoted, "reason": promo.reason,
              "primary_name": promo.primary_name, "primary": promo.primary, "champion_primary": promo.champion_primary,
              "held_out_accuracy": promo.accuracy, "champion_accuracy": promo.champion_accuracy,
@@ -624,7 +629,8 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
         return result
 
     sc = stage_cache
-    with mlflow.start_run(run_name=f"labse-pipeline-{config.preset}") as parent:
+    # One pipeline (or data stage) at a time per home: a second one waits here (storage.locks).
+    with lake_lock(layout, "labse pipeline"), mlflow.start_run(run_name=f"labse-pipeline-{config.preset}") as parent:
         pid = parent.info.run_id
         mlflow.set_tags({"pipeline": "labse-pipeline", "preset": config.preset,
                          "prefect_flow_run_id": str(flow_run.get_id())})

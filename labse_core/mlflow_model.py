@@ -380,8 +380,13 @@ def register_and_promote(
     model = resolve_model(str(model_dir))
     new_scores, acc = scores(lambda xs: encode(xs, model, progress=False), candidate_primary)
     promoted, reason = gate_decision(new_scores, champion_scores)
-    info = _log_encoder(model_dir, registered_model_name=name)
-    version = str(info.registered_model_version)
+    # Publication order, so that a crash of this process or of the MLflow server at any point leaves
+    # nothing half-written in the registry:
+    # 1. the model's files: log_model returns once every artifact is uploaded (no version names them yet);
+    # 2. the version together with all its tags in one request (one database transaction: never a
+    #    version without its lineage; tags set one by one afterwards could be cut off half-way);
+    # 3. the alias, last: it only ever moves to a version that is complete.
+    info = _log_encoder(model_dir)
     extra = dict(tags or {})
     tags = extra | {"source_run_id": info.run_id, "eval_acc": f"{acc:.6f}", "eval_n": str(len(eval_pairs)),
                     "gate_primary_metric": primary_name if primary else "eval_acc", "gate_decision": reason}
@@ -391,8 +396,7 @@ def register_and_promote(
         tags |= {f"{alias}_version_compared": str(holder.version), f"{alias}_eval_acc": f"{champion_acc:.6f}"}
         if primary is not None:
             tags[f"{alias}_{primary_name}"] = f"{champion_scores.primary:.6f}"
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client.set_registered_model_alias(name, alias if promoted else "challenger", version)
     log.info("%s version %s: %s %.4f vs %s %s; %s (%s)", name, version, primary_name if primary else "eval_acc",
              new_scores.primary, alias, f"{champion_scores.primary:.4f}" if champion_scores else "none",

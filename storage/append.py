@@ -15,7 +15,7 @@ import contextlib
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,46 @@ def append_tables(
                     raise ValueError(f"dataset {spec.name!r}: run {run_id} already wrote {path.name}")
                 new_rows += write_parquet(spec, table, path)
             return writer.publish(producer=producer, stats=stats, expected_rows=old_rows + new_rows)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def rewrite_run_files(
+    layout: Layout,
+    spec: DatasetSpec,
+    run_id: str,
+    transform: Callable[[pa.Table], pa.Table],
+    *,
+    producer: dict[str, Any] | None = None,
+) -> int:
+    """Publish the dataset's current files with run ``run_id``'s files (``part-<run_id>-*``, written by
+    ``append_tables``) replaced by ``transform`` of their rows; the other runs' files are linked as they
+    are. ``transform`` must keep the row count (a correction of columns, not of rows: the manifest counts
+    are checked). Returns the rows rewritten; 0 (nothing published) when the run has no file there."""
+    import pyarrow.parquet as pq
+
+    prefix = f"part-{run_id}-"
+    with dataset_lock(layout, spec):
+        old = current_manifest(layout, spec)
+        if old is None or not any(Path(f.path).name.startswith(prefix) for f in old.files):
+            return 0
+        writer = DatasetWriter(layout, spec, run_id=f"rewrite-{run_id}").begin()
+        try:
+            rewritten = 0
+            for f in old.files:
+                if Path(f.path).name.startswith(prefix):
+                    # ParquetFile, not read_table: the file alone, without columns from its hive folder names
+                    table = pq.ParquetFile(writer.final / f.path).read()
+                    out = transform(table)
+                    if out.num_rows != table.num_rows:
+                        raise ValueError(f"dataset {spec.name!r}: rewriting {f.path} changed its rows "
+                                         f"({table.num_rows} -> {out.num_rows})")
+                    rewritten += write_parquet(spec, out, writer.staging / f.path)
+                else:
+                    _link_or_copy(writer.final / f.path, writer.staging / f.path)
+            writer.publish(producer=producer, expected_rows=old.rows)
+            return rewritten
         except BaseException:
             writer.abort()
             raise

@@ -4,6 +4,9 @@ Writers (a Beam DoFn, a training job) put Parquet files under ``DatasetWriter.st
 ``storage.io.write_parquet``; ``publish`` scans them, writes the manifest and swaps the staging
 folder into the dataset's place. Readers therefore see the old dataset or the new one, never a mix,
 and a crashed run leaves only a ``_staging/`` folder behind (``abort`` or the next run removes it).
+
+A stage that publishes several datasets publishes them together with ``storage.publish.commit``:
+all of them or, after a crash, none.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from storage.layout import Layout
 from storage.manifest import Manifest, build_manifest, read_manifest, write_manifest
+from storage.publish import StagingDir, commit, new_staging, recover, swap_into_place  # noqa: F401 (re-exported)
 from storage.schemas import DatasetSpec
 
 
@@ -123,17 +127,6 @@ def apply_commit(staging: Path) -> int:
     return rows
 
 
-def swap_into_place(staging: Path, final: Path) -> None:
-    """Replace ``final`` (a folder, maybe absent) with ``staging`` by two renames on one filesystem:
-    readers see the old folder or the new one, never a mix."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    trash = staging.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        os.replace(final, trash)
-    os.replace(staging, final)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 class DatasetWriter:
     """Staging area for one run's version of a dataset."""
 
@@ -143,16 +136,41 @@ class DatasetWriter:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.final = layout.dataset_dir(spec.relpath)
         self.staging = layout.staging / f"{spec.name}-{self.run_id}"
+        self._dir = StagingDir(self.staging)
         self.replaced_rows = 0
 
     def begin(self) -> DatasetWriter:
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.staging.mkdir(parents=True)
+        self._dir.create()
         return self
 
     def file_path(self, partition: dict[str, str], index: int, tag: str = "") -> Path:
         return self.staging / partition_path(self.spec, partition) / part_file_name(index, tag)
+
+    def stage(
+        self,
+        *,
+        producer: dict[str, Any] | None = None,
+        stats: dict[str, Any] | None = None,
+        expected_rows: int | None = None,
+        replace_empty: bool = False,
+    ) -> Manifest:
+        """Check the staged files and write their manifest into the staging folder; nothing is visible
+        until ``commit``. Raises as ``publish`` does."""
+        apply_commit(self.staging)  # a Beam sink's committed attempts become part files, here, once
+        manifest = build_manifest(self.spec, self.staging, producer=producer, stats=stats)
+        if expected_rows is not None and manifest.rows != expected_rows:
+            raise DatasetCountError(
+                f"dataset {self.spec.name!r}: files in {self.staging} hold {manifest.rows} rows, "
+                f"the producer counted {expected_rows}; not published"
+            )
+        self.replaced_rows = check_replace(self.layout, self.spec, manifest.rows, replace_empty=replace_empty)
+        write_manifest(self.staging, manifest)
+        return manifest
+
+    @property
+    def move(self) -> tuple[Path, Path]:
+        """``(staging, final)`` for ``commit``."""
+        return self.staging, self.final
 
     def publish(
         self,
@@ -169,20 +187,17 @@ class DatasetWriter:
         replaces a non-empty one only with ``replace_empty`` (``EmptyReplaceError``). Afterwards
         ``replaced_rows`` holds the row count of the version that was replaced (0 if none).
         """
-        apply_commit(self.staging)  # a Beam sink's committed attempts become part files, here, once
-        manifest = build_manifest(self.spec, self.staging, producer=producer, stats=stats)
-        if expected_rows is not None and manifest.rows != expected_rows:
-            raise DatasetCountError(
-                f"dataset {self.spec.name!r}: files in {self.staging} hold {manifest.rows} rows, "
-                f"the producer counted {expected_rows}; not published"
-            )
-        self.replaced_rows = check_replace(self.layout, self.spec, manifest.rows, replace_empty=replace_empty)
-        write_manifest(self.staging, manifest)
-        swap_into_place(self.staging, self.final)
+        manifest = self.stage(producer=producer, stats=stats, expected_rows=expected_rows, replace_empty=replace_empty)
+        commit(self.layout, [self.move])
+        self.done()
         return manifest
 
+    def done(self) -> None:
+        """After ``commit``: let go of the staging lock."""
+        self._dir.release()
+
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._dir.remove()
 
 
 def current_manifest(layout: Layout, spec: DatasetSpec) -> Manifest | None:

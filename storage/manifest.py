@@ -14,7 +14,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.io import write_json_atomic
+from labse_core.faults import maybe_die
+from storage.io import atomic_path
 from storage.schemas import DatasetSpec
 
 MANIFEST_NAME = "_manifest.json"  # leading "_": Parquet readers (pyarrow, Spark) skip it
@@ -87,7 +88,9 @@ def build_manifest(
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     path = root / MANIFEST_NAME
-    write_json_atomic(path, manifest.model_dump(mode="json"))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True, default=str) + "\n")
+        maybe_die("dataset.manifest")  # the manifest half-way: written under its temporary name only
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from labse_core.export import read_export_metadata
-from storage.append import append_tables
+from storage.append import append_tables, rewrite_run_files
 from storage.layout import Layout
 from storage.manifest import Manifest, read_manifest
 from storage.schemas import CLEAN_PAIRS, EVAL_RESULTS
@@ -68,6 +68,33 @@ def publish_rows(
         layout, EVAL_RESULTS, [({"eval_set": eval_set}, table)], run_id,
         producer={"stage": "evaluate", "eval_set": eval_set, "run_id": run_id, **(producer or {})},
     )
+
+
+def attach_registry_version(layout: Layout, run_ids: Iterable[str | None], *, model_uri: str, name: str,
+                            version: str) -> int:
+    """Label evaluation runs of a model folder with the registry version that folder became.
+
+    A pipeline evaluates its fine-tuned folder *before* the registry gate (the gate needs the scores), so
+    those rows are first written with the folder as ``model_uri`` and no version; once registered, this
+    rewrites them to ``models:/<name>/<version>`` so that "accuracy by model version" and ``labse mine``'s
+    tuned-threshold lookup (by name and version) find them. Only rows of ``run_ids`` whose ``model_uri`` is
+    the folder change. Returns the rows of those runs that were rewritten."""
+    import pyarrow.compute as pc
+
+    new_uri = f"models:/{name}/{version}"
+
+    def relabel(t: pa.Table) -> pa.Table:
+        hit = pc.equal(t["model_uri"], model_uri)
+        uri = pc.if_else(hit, pa.scalar(new_uri), t["model_uri"])
+        ver = pc.if_else(hit, pa.scalar(str(version)), t["model_version"])
+        t = t.set_column(t.schema.get_field_index("model_uri"), "model_uri", uri)
+        return t.set_column(t.schema.get_field_index("model_version"), "model_version", ver)
+
+    done = 0
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        done += rewrite_run_files(layout, EVAL_RESULTS, run_id, relabel,
+                                  producer={"stage": "register", "relabel_run_id": run_id, "model_uri": new_uri})
+    return done
 
 
 def trained_languages(model_folder: str | os.PathLike[str], layout: Layout | None = None) -> tuple[list[str] | None, str]:

@@ -394,7 +394,9 @@ class FineTuner:
         self.cfg, self.env, self.device = cfg, env, device
         self.model = build_encoder(cfg).to(device)
         self.loss_fn = AdditiveMarginSoftmaxLoss(cfg.loss)
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        # The fused AdamW kernel on CPU too: one pass over each parameter's state instead of a chain of
+        # foreach ops (about a twentieth of a `small` CPU step), as the pretraining stage does.
+        self.optimizer = make_optimizer(self.model, cfg, device, fused=True)
         self.ddp, self.net = wrap_model(self.model, env, device, cfg.compile)
         self.step = 0
         # Dropout differs per rank (as it would across one big batch) but is reproducible.

@@ -10,7 +10,8 @@
       -> rows for the ``mined`` dataset (``MinedRow``), counts of every pair dropped and why
 
 Inputs are streamed: the embedding pass holds one chunk; the pass that collects texts for the output keeps
-only the rows that were mined. ``mine_embeddings`` is the part that only needs vectors (tests, benchmark).
+only the rows that were mined. A run killed while embedding resumes on its rerun: the chunks already
+written are not embedded again (shards.py, resume.py). ``mine_embeddings`` is the part that only needs vectors (tests, benchmark).
 
 Run (CPU)::
 
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from labse_core import langcodes
+from labse_core.faults import maybe_die
 from labse_core.mining.knn import IndexConfig, IndexKind, MiningInputError, choose_kind, knn
 from labse_core.mining.margin import MarginKind, Mode, Pairs, select_pairs
 from labse_core.mining.shards import ShardedArray, embed_to_shards
@@ -214,6 +216,8 @@ class Embedded:
     """(u,) int64: the input row each vector stands for (its first occurrence)."""
     total: int
     """Rows in the input."""
+    chunks: dict[str, int] = field(default_factory=dict)
+    """Embedding chunks "embedded" by this run and "reused" from an interrupted earlier one."""
 
 
 def _digest(s: str) -> bytes:
@@ -222,7 +226,8 @@ def _digest(s: str) -> bytes:
 
 def embed_input(inp: MiningInput, embed: Callable[[list[str]], np.ndarray] | None, work_dir: Path,
                 cfg: MineConfig) -> Embedded:
-    """Embed one side into ``work_dir`` (precomputed embeddings are used as they are, folded to distinct
+    """Embed one side into ``work_dir``, reusing the chunks an interrupted run already wrote there
+    (``labse_core.mining.shards``; precomputed embeddings are used as they are, folded to distinct
     sentences when ``cfg.unique``). Memory: one chunk plus a 12-byte digest per distinct sentence."""
     seen: set[bytes] = set()
     rows: list[int] = []
@@ -250,8 +255,9 @@ def embed_input(inp: MiningInput, embed: Callable[[list[str]], np.ndarray] | Non
         return Embedded(vectors, idx, total)
     if embed is None:
         raise MiningInputError(f"{inp.spec}: sentences need a model to embed them (--model)")
-    shards = embed_to_shards(distinct(), embed, work_dir, cfg.chunk_size, cfg.shard_dtype)
-    return Embedded(shards, np.asarray(rows, dtype=np.int64), total)
+    counts: dict[str, int] = {}
+    shards = embed_to_shards(distinct(), embed, work_dir, cfg.chunk_size, cfg.shard_dtype, counts)
+    return Embedded(shards, np.asarray(rows, dtype=np.int64), total, counts)
 
 
 def collect_texts(inp: MiningInput, wanted: np.ndarray) -> dict[int, str]:
@@ -333,6 +339,8 @@ class MineResult:
     src_distinct: int
     tgt_distinct: int
     index_kind: str
+    chunks: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per side ("src", "tgt"): embedding chunks embedded by this run and reused from an interrupted one."""
 
 
 def mine_inputs(
@@ -349,8 +357,10 @@ def mine_inputs(
     if ys.total == 0:
         raise MiningInputError(f"{tgt.spec}: the target input has no sentences")
     pairs = mine_embeddings(xs.vectors, ys.vectors, cfg)
+    maybe_die("mine.scored")
     src_texts = collect_texts(src, xs.rows[pairs.src])
     tgt_texts = collect_texts(tgt, ys.rows[pairs.tgt])
     rows, dropped = apply_rules(pairs, xs.rows, ys.rows, src_texts, tgt_texts, src_lang, tgt_lang, cfg.rules, cfg.filter)
     return MineResult(rows, pairs, dropped, xs.total, ys.total, len(xs.rows), len(ys.rows),
-                      choose_kind(max(len(xs.rows), len(ys.rows)), cfg.index_config()))
+                      choose_kind(max(len(xs.rows), len(ys.rows)), cfg.index_config()),
+                      {"src": xs.chunks, "tgt": ys.chunks})

@@ -1,8 +1,13 @@
 """Embeddings of a large input, computed a chunk at a time and spilled to ``.npy`` shards.
 
 ``embed_to_shards`` reads sentences from any iterable, embeds ``chunk_size`` of them at a time and writes
-each chunk to ``shard-NNNNN.npy`` (float16 halves the disk and page cache; float32 keeps the encoder's
+each chunk to ``shard-NNNNN-<digest>.npy`` (float16 halves the disk and page cache; float32 keeps the encoder's
 values exactly). Memory is one chunk's sentences and vectors, whatever the input size.
+
+Resuming: a shard's name carries a digest of its chunk's sentences (``shard-NNNNN-<digest>.npy``) and is
+written atomically, so a shard on disk is always complete and always the embedding of exactly those
+sentences. A rerun into the same folder (same model and settings: ``labse_core.mining.resume`` keys the
+folder on them) embeds only the chunks whose shard is missing.
 
 ``ShardedArray`` reads the shards back as one (N, D) float32 array without loading it: slices and sorted
 row lists are read shard by shard through short-lived memory maps (so the pages are not pinned in the
@@ -11,6 +16,7 @@ process once the copy is made). The kNN code only slices it, which is all it nee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labse_core.faults import maybe_die
 from storage.io import atomic_path, write_json_atomic
 
 SHARD_META = "shards.json"
@@ -95,14 +102,27 @@ class ShardedArray:
         return self[0 : len(self)]
 
 
+def chunk_digest(sentences: list[str]) -> str:
+    """Hex digest of a chunk's sentences, in order (a shard's name carries it)."""
+    h = hashlib.blake2b(digest_size=10)
+    for s in sentences:
+        b = s.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
 def embed_to_shards(
     sentences: Iterable[str],
     embed: Callable[[list[str]], np.ndarray],
     out_dir: str | os.PathLike[str],
     chunk_size: int = 50_000,
     dtype: str = "float32",
+    counts: dict[str, int] | None = None,
 ) -> ShardedArray:
-    """Embed ``sentences`` ``chunk_size`` at a time into ``out_dir/shard-NNNNN.npy`` (+ ``shards.json``)."""
+    """Embed ``sentences`` ``chunk_size`` at a time into ``out_dir/shard-NNNNN-<digest>.npy`` (+
+    ``shards.json``). A chunk whose shard is already there (an interrupted earlier run into this folder)
+    is not embedded again; ``counts`` (if given) gets the chunks "embedded" and "reused"."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"shard dtype must be float16 or float32, got {dtype!r}")
     if chunk_size < 1:
@@ -114,15 +134,26 @@ def embed_to_shards(
     dim = 0
     buf: list[str] = []
 
+    counts = {} if counts is None else counts
+    for k in ("embedded", "reused"):
+        counts.setdefault(k, 0)
+
     def flush() -> None:
         nonlocal dim
-        emb = np.asarray(embed(buf), dtype=np.float32)
-        if emb.shape[0] != len(buf):
-            raise ValueError(f"the encoder returned {emb.shape[0]} rows for {len(buf)} sentences")
-        dim = emb.shape[1]
-        name = f"shard-{len(files):05d}.npy"
-        with atomic_path(out / name) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, emb.astype(dtype))
+        name = f"shard-{len(files):05d}-{chunk_digest(buf)}.npy"
+        done = _complete_shard(out / name, len(buf), dtype)
+        if done is not None:
+            dim = done
+            counts["reused"] += 1
+        else:
+            emb = np.asarray(embed(buf), dtype=np.float32)
+            if emb.shape[0] != len(buf):
+                raise ValueError(f"the encoder returned {emb.shape[0]} rows for {len(buf)} sentences")
+            dim = emb.shape[1]
+            with atomic_path(out / name) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, emb.astype(dtype))
+            counts["embedded"] += 1
+            maybe_die("mine.chunk_embedded")
         files.append(name)
         rows.append(len(buf))
         buf.clear()
@@ -135,3 +166,18 @@ def embed_to_shards(
         flush()
     write_json_atomic(out / SHARD_META, {"files": files, "rows": rows, "dim": dim, "dtype": dtype})
     return ShardedArray([out / f for f in files], rows, dim)
+
+
+def _complete_shard(path: Path, rows: int, dtype: str) -> int | None:
+    """The vector size of the shard at ``path`` if it holds ``rows`` rows of ``dtype``, else None (absent;
+    anything else there is a leftover of other settings and gets overwritten)."""
+    if not path.is_file():
+        return None
+    try:
+        m = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    ok = m.ndim == 2 and m.shape[0] == rows and m.dtype == np.dtype(dtype)
+    dim = int(m.shape[1]) if ok else None
+    del m
+    return dim

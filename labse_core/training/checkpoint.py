@@ -8,8 +8,9 @@
       config.json    the run's config
 
 A step-N/ folder is written under a temporary name and renamed into place (storage.io.atomic_dir),
-so a crash never leaves a half-written checkpoint that `latest_checkpoint` would pick. The newest
-`keep` of them are kept.
+so a crash never leaves a half-written checkpoint that `latest_checkpoint` would pick (the hidden
+.step-N.*.partial a killed writer leaves is removed by the next save). The newest `keep` of them are
+kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from labse_core.faults import maybe_die
 from labse_core.training.config import RunConfig
 from labse_core.training.distributed import DistEnv, barrier, gather_objects
 from labse_core.training.result import TrainResult
@@ -119,12 +121,18 @@ def save_checkpoint(
     final = root / f"step-{step}"
     with atomic_dir(final) as tmp:
         torch.save(model_state, tmp / "model.pt")
+        maybe_die("checkpoint.writing")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_to_safe({"step": step} | trainer_state), tmp / "trainer.pt")
         (tmp / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     steps = checkpoint_steps(root)
     for _, old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    # What a process killed inside an earlier write left (never read: hidden names, see
+    # checkpoint_steps); one writer per run folder, so none of these is still being written.
+    for leftover in root.glob(".step-*"):
+        if leftover.name.endswith(".partial") or ".old-" in leftover.name:
+            shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
@@ -173,6 +181,7 @@ class Checkpointer:
     def after_step(self) -> None:
         if self.trainer.step % self.cfg.checkpoint_every == 0:
             self.save()
+        maybe_die("train.step")
 
     def at_end(self) -> None:
         if self._saved_step != self.trainer.step:

@@ -1,5 +1,6 @@
 """The command line both trainers share: `--preset NAME`, `--config FILE.json`, `--set KEY=VALUE`...,
-`--home DIR`, `--result FILE.json`; `--help` lists every valid --set key with its docstring."""
+`--home DIR`, `--result FILE.json` (the whole result, read back by
+labse_core.training.result.read_result); `--help` lists every valid --set key with its docstring."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import importlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from labse_core.training.config import ConfigError, load_config, settings_help
 from labse_core.training.distributed import DistEnv
 from labse_core.training.result import TrainResult
+from storage.io import write_bytes_atomic
 from storage.layout import Layout
 
 C = TypeVar("C", bound=BaseModel)
@@ -44,7 +45,7 @@ def train_main(
     parser.add_argument("--config", help=f"JSON file of {config_cls.__name__} fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (below)")
     parser.add_argument("--home", help="LABSE_HOME (default: $LABSE_HOME or ./labse_home)")
-    parser.add_argument("--result", help="write the result summary JSON here (rank 0)")
+    parser.add_argument("--result", help="write the whole result as JSON here (rank 0, atomically)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -53,8 +54,7 @@ def train_main(
         parser.error(f"bad configuration: {e}")
     result = run(cfg, Layout.from_env(args.home))
     if DistEnv.from_env().is_main:
-        out = result.summary()
-        if args.result:
-            Path(args.result).write_text(json.dumps(out, indent=2) + "\n")
-        print(json.dumps({k: v for k, v in out.items() if k != "losses"}, indent=2))
+        if args.result:  # atomic: a reader never sees half a file, even if this process dies here
+            write_bytes_atomic(args.result, (json.dumps(result.to_json(), indent=2) + "\n").encode())
+        print(json.dumps({k: v for k, v in result.summary().items() if k != "losses"}, indent=2))
     return result

@@ -113,3 +113,32 @@ def test_write_result_and_machine(tmp_path):
 
 def test_matmul_peak_positive():
     assert common.matmul_peak(n=128, seconds=0.05) > 1e6
+
+
+def test_parse_or_run_child_runs_the_side_or_returns_the_arguments(tmp_path):
+    import argparse
+
+    ran = []
+
+    def parser():
+        p = argparse.ArgumentParser()
+        p.add_argument("--quick", action="store_true")
+        return p
+
+    spec = tmp_path / "spec.json"
+    args = common.parse_or_run_child(parser(), ["--side", "b", "--spec", str(spec)], ("a", "b"), lambda *a: ran.append(a))
+    assert args is None and ran == [("b", spec)]
+    args = common.parse_or_run_child(parser(), ["--quick"], ("a", "b"), lambda *a: ran.append(a))
+    assert args.quick and args.side is None and len(ran) == 1
+
+
+def test_hf_training_args_carry_our_optimization(tmp_path):
+    from transformers import TrainingArguments
+
+    from labse_core.finetune.train import tiny_cpu
+
+    cfg = tiny_cpu(lr=3e-4, warmup_steps=2, weight_decay=0.02, grad_clip=0.5, seed=5)
+    a = TrainingArguments(**common.hf_training_args(cfg, tmp_path, 7, False, per_device_train_batch_size=4))
+    assert (a.learning_rate, a.warmup_steps, a.weight_decay, a.max_grad_norm, a.seed) == (3e-4, 2, 0.02, 0.5, 5)
+    assert (a.adam_beta1, a.adam_beta2, a.adam_epsilon) == (*cfg.betas, cfg.eps)
+    assert (a.max_steps, a.per_device_train_batch_size, a.logging_steps) == (7, 4, 8)

@@ -134,6 +134,11 @@ def test_evaluate_and_mine_stages_publish_results(summary):
     group = catalog.query(layout, "SELECT value FROM eval_results WHERE scope = 'group' AND language = 'evaluated' AND "
                                   f"direction = 'both' AND run_id = '{ev.stats['tatoeba_run_id']}'").to_pylist()
     assert group == [{"value": pytest.approx(ev.stats["tatoeba_mean"])}]
+    # Evaluated before the gate, on the folder; once registered, the rows name the version it became.
+    version = stage(summary, "register").stats["registered_version"]
+    labels = catalog.query(layout, "SELECT DISTINCT model_uri, model_version FROM eval_results WHERE run_id IN "
+                                   f"('{ev.stats['tatoeba_run_id']}', '{ev.stats['bucc_run_id']}')").to_pylist()
+    assert labels == [{"model_uri": f"models:/labse/{version}", "model_version": str(version)}]
     # The demo's mining run: a BUCC-style de-en set of held-out pairs, mined at the dev-tuned threshold.
     assert mine.stats["gold"] == 100 and mine.stats["src_sentences"] == mine.stats["tgt_sentences"] == 220
     assert mine.stats["threshold"] == pytest.approx(ev.stats["bucc_thresholds"]["de"])
@@ -226,6 +231,30 @@ def test_a_worse_model_does_not_take_the_champion_alias(summary, tmp_path):
     assert str(client.get_model_version_by_alias("labse", "challenger").version) == promo.version
     with pytest.raises(ValueError, match="held-out pairs"):
         register_and_promote(untrained, [], name="labse")
+
+
+def test_scheduled_retrain_that_loses_keeps_the_champion_and_says_why(summary):
+    """scheduled-retrain's other branch: the new version is worse, so it is registered but not promoted, and
+    the version and the run say why."""
+    from flows.stage_flows import RetrainConfig, retrain_flow
+
+    client = MlflowClient()
+    before = client.get_model_version_by_alias("labse", "champion")
+    # lr 0.05 is 50x the tiny preset's: six steps wreck the warm-started champion. Without the step-0
+    # evaluation the run's best/ is the wrecked step 6 (with it, best/ would be the champion itself: a tie).
+    bad = finetune.tiny_cpu(max_steps=6, warmup_steps=1, lr=0.05, eval_at_start=False, eval_every=6,
+                            checkpoint_every=1000, progress=False, run_name="retrain-too-hot")
+    out = retrain_flow(RetrainConfig(shard=ShardConfig(beam=BeamConfig(num_workers=2)), finetune=bad,
+                                     evaluate=EvaluateStageConfig(bucc=False)))
+    assert out["warm_start"] == "models:/labse@champion" and out["inbox_files"] == []
+    assert out["promoted"] is False and out["champion_version_before"] == str(before.version), out
+    assert out["reason"] in ("lower primary metric", "primary tie, lower held-out accuracy"), out
+    assert str(client.get_model_version_by_alias("labse", "champion").version) == str(before.version)
+    why = client.get_model_version("labse", out["new_version"]).tags["not_promoted_reason"]
+    assert why.startswith(f"not promoted: {out['reason']}") and f"version {before.version}" in why
+    tags = client.get_run(out["mlflow_run_id"]).data.tags
+    assert tags["retrain.promoted"] == "false" and tags["retrain.not_promoted_reason"] == why
+    assert tags["retrain.new_version"] == str(out["new_version"])
 
 
 def test_ablation_flow_compares_arms_in_mlflow(summary):

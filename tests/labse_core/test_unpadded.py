@@ -114,3 +114,39 @@ def test_training_forward_equals_padded_forward():
         assert grads[True].keys() == grads[False].keys()
         for name in grads[False]:
             torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_length_groups_and_folded_last_layer_match_bert_model():
+    """Attention in length groups (any number of them, a sentence without tokens among the rows) and
+    the last layer folded through the key/value weights for selected rows (several per sentence, as
+    an MLM head's) give BertModel's states and parameter gradients."""
+    torch.manual_seed(0)
+    enc = LabseEncoder(
+        preset("tiny", vocab_size=300, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    )
+    bert = enc.bert.train()
+    lengths = torch.tensor([7, 1, 19, 0, 3, 12, 20, 5, 9, 2, 16, 4])
+    T = int(lengths.max())
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
+    ids = torch.randint(5, 300, mask.shape, generator=torch.Generator().manual_seed(4)) * mask
+    real = mask.reshape(-1).bool()
+    ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state.reshape(-1, enc.cfg.hidden_size)[real]
+    rows = torch.tensor([0, 3, 7, 8, 9, 30, 31, 50, int(real.sum()) - 1])  # into the real tokens
+    w = torch.randn(len(rows), enc.cfg.hidden_size)
+
+    def grads(states: torch.Tensor) -> dict[str, torch.Tensor]:
+        bert.zero_grad()
+        (states * w).sum().backward()
+        return {n: p.grad.clone() for n, p in bert.named_parameters() if p.grad is not None}
+
+    want = grads(ref[rows])
+    for groups in (1, 3, 4, 11):
+        got, at = unpadded_token_states(bert, ids, mask, select=lambda k: rows, groups=groups)
+        torch.testing.assert_close(got, ref.detach()[rows], rtol=1e-5, atol=1e-5, msg=f"groups {groups}")
+        assert at.tolist() == real.nonzero().squeeze(1)[rows].tolist()
+        full, _ = unpadded_token_states(bert, ids, mask, groups=groups)
+        torch.testing.assert_close(full, ref.detach(), rtol=1e-5, atol=1e-5, msg=f"groups {groups}")
+        have = grads(got)
+        assert have.keys() == want.keys()  # every parameter gets a gradient (the last key bias too)
+        for name in want:
+            torch.testing.assert_close(have[name], want[name], rtol=1e-4, atol=1e-5, msg=f"{name}, groups {groups}")

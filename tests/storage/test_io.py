@@ -121,6 +121,7 @@ def test_publish_dir_puts_the_old_folder_back_when_the_rename_fails(tmp_path, mo
         real_rename(src, dst)
 
     monkeypatch.setattr(io.os, "rename", rename)
+    monkeypatch.setattr(io, "exchange", lambda a, b: False)  # the two-rename fallback (no RENAME_EXCHANGE)
     with pytest.raises(OSError, match="disk full"):
         io.publish_dir(tmp, final)
     assert (final / "a").read_text() == "old"

@@ -1,0 +1,116 @@
+"""A stage's Beam pipeline failing for a reason outside the data, as one plain error.
+
+The runner reports a worker's exception as a ``RuntimeError`` whose text is the worker's traceback, and a
+worker that vanished (killed, out of memory) as ``Channel closed prematurely``; the ``labse`` commands
+print a one-line error for ``OSError``, so both become one: a full disk in a worker is an ``OSError``
+with ``errno.ENOSPC`` naming the lake, a lost worker a ``WorkerLost`` (a ``ChildProcessError``, so
+``flows.stage_cache`` retries it like other I/O failures). Nothing is published in either case: the
+stage's staging folders are removed and the previous versions stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from storage.layout import Layout
+
+_NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|errno 28", re.IGNORECASE)
+_PATH = re.compile(r"No space left on device: '([^']+)'")
+_LOST = ("Channel closed prematurely", "SDK worker exited", "Worker process exited", "Socket closed")
+
+
+class WorkerLost(ChildProcessError):
+    """A Beam worker process died mid-stage (a signal, the out-of-memory killer)."""
+
+
+def _disk_full(stage: str, layout: Layout, text: str) -> OSError:
+    where = _PATH.search(text)
+    path = where.group(1) if where else str(layout.lake)
+    return OSError(errno.ENOSPC, f"{stage}: no space left on device writing {path}; nothing published, "
+                                 "the previous version is intact (free space and run it again)")
+
+
+def _kill_workers() -> None:
+    """SIGKILL this process's Beam worker processes (the ``sh -c`` the runner starts and its Python)."""
+    me = str(os.getpid())
+    children = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                children[d.name] = ((d / "stat").read_text().rsplit(")", 1)[1].split()[1],
+                                    (d / "cmdline").read_bytes())
+            except OSError:
+                continue
+    mine = {pid for pid, (ppid, cmd) in children.items() if ppid == me and b"beam_jobs.worker" in cmd}
+    mine |= {pid for pid, (ppid, _) in children.items() if ppid in mine}
+    for pid in mine:
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _watch_workers(stage: str) -> Iterator[dict]:
+    """Fail the stage when a Beam worker process dies. The direct runner notices only in a side thread
+    (``run_worker`` raises ``Worker subprocess exited with return code 137``) while the driver can wait
+    forever for the dead worker's answer; that thread's error is turned into a signal to the main thread,
+    which raises ``WorkerLost`` there. The other workers are stopped so that no thread outlives the stage.
+    Only in the main thread (a ``labse`` command): signal handlers cannot be installed elsewhere."""
+    state: dict = {"active": True, "lost": None}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
+        yield state
+        return
+    previous_hook = threading.excepthook
+
+    def hook(args) -> None:
+        text = str(args.exc_value)
+        if args.thread is not None and args.thread.name == "run_worker" and "Worker subprocess exited" in text:
+            if state["active"] and state["lost"] is None:
+                state["lost"] = text
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            return  # a lost worker is reported once, as the stage's error
+        if type(args.exc_value).__name__ == "RpcError" and "grpc" in type(args.exc_value).__module__:
+            return  # a data-plane thread reading from the dead worker: the same loss, seen from another side
+        previous_hook(args)
+
+    def on_lost(signum, frame) -> None:
+        if state["active"]:
+            state["active"] = False
+            _kill_workers()
+            raise WorkerLost(f"{stage}: a Beam worker process died ({state['lost']}: killed, or out of memory); "
+                             "nothing published, the previous version is intact")
+
+    previous_handler = signal.signal(signal.SIGUSR1, on_lost)
+    threading.excepthook = hook  # stays: the other workers' threads end after the stage, quietly
+    try:
+        yield state
+    finally:
+        state["active"] = False
+        signal.signal(signal.SIGUSR1, previous_handler)
+
+
+@contextlib.contextmanager
+def stage_failures(stage: str, layout: Layout) -> Iterator[None]:
+    """Turn a runner's report of a full disk or a lost worker into one plain error."""
+    with _watch_workers(stage) as watch:
+        try:
+            yield
+            return
+        except OSError:
+            raise  # raised on the driver: it names its file already
+        except Exception as e:  # the runner's RuntimeError (or a pyarrow/sentencepiece error) wrapping a worker's
+            watch["active"] = False  # this error is the one reported
+            text = str(e)
+            if _NO_SPACE.search(text):
+                raise _disk_full(stage, layout, text) from e
+            if any(s in text for s in _LOST):
+                _kill_workers()
+                raise WorkerLost(f"{stage}: a Beam worker process died (killed, or out of memory); nothing "
+                                 "published, the previous version is intact") from e
+            raise
