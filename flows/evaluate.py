@@ -250,8 +250,8 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     from labse_core import langcodes
     from labse_core.faults import maybe_die
     from labse_core.mining.miner import mine_inputs, open_input
-    from labse_core.mining.resume import MiningWork, run_files_published, work_key
-    from storage.append import append_tables
+    from labse_core.mining.resume import MiningWork, work_key
+    from storage.append import append_tables, run_files_published
     from storage.schemas import DATASETS, MINED
 
     layout = (layout or Layout.from_env()).ensure()

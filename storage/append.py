@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.datasets import DatasetWriter, current_manifest
+from storage.datasets import DatasetWriter, current_manifest, is_run_file
 from storage.io import write_parquet
 from storage.layout import Layout
 from storage.manifest import Manifest
@@ -86,6 +86,15 @@ def append_tables(
             raise
 
 
+def _holds_run(manifest: Manifest | None, run_id: str) -> bool:
+    return manifest is not None and any(is_run_file(f.path, run_id) for f in manifest.files)
+
+
+def run_files_published(layout: Layout, spec: DatasetSpec, run_id: str) -> bool:
+    """Whether the published version of ``spec`` holds files that ``append_tables`` wrote for run ``run_id``."""
+    return _holds_run(current_manifest(layout, spec), run_id)
+
+
 def rewrite_run_files(
     layout: Layout,
     spec: DatasetSpec,
@@ -100,16 +109,15 @@ def rewrite_run_files(
     are checked). Returns the rows rewritten; 0 (nothing published) when the run has no file there."""
     import pyarrow.parquet as pq
 
-    prefix = f"part-{run_id}-"
     with dataset_lock(layout, spec):
         old = current_manifest(layout, spec)
-        if old is None or not any(Path(f.path).name.startswith(prefix) for f in old.files):
+        if not _holds_run(old, run_id):
             return 0
         writer = DatasetWriter(layout, spec, run_id=f"rewrite-{run_id}").begin()
         try:
             rewritten = 0
             for f in old.files:
-                if Path(f.path).name.startswith(prefix):
+                if is_run_file(f.path, run_id):
                     # ParquetFile, not read_table: the file alone, without columns from its hive folder names
                     table = pq.ParquetFile(writer.final / f.path).read()
                     out = transform(table)

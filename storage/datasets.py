@@ -12,6 +12,7 @@ all of them or, after a crash, none.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -61,6 +62,13 @@ def partition_path(spec: DatasetSpec, values: dict[str, str]) -> str:
 
 def part_file_name(index: int, tag: str = "") -> str:
     return f"part-{tag + '-' if tag else ''}{index:05d}.parquet"
+
+
+def is_run_file(path: str | os.PathLike[str], run_id: str) -> bool:
+    """Whether ``path`` names a file that run ``run_id`` appended (``part_file_name(i, run_id)``). Exact:
+    run ``ab`` does not claim run ``ab-c``'s ``part-ab-c-00000.parquet``."""
+    name, prefix = Path(path).name, f"part-{run_id}-"
+    return name.startswith(prefix) and re.fullmatch(r"\d{5,}\.parquet", name[len(prefix):]) is not None
 
 
 # Sinks that may run a bundle more than once (a retried bundle, a re-executed branch) write each

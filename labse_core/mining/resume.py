@@ -113,12 +113,3 @@ class MiningWork:
             shutil.rmtree(self.path / side, ignore_errors=True)
         (self.path / RUN_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def run_files_published(layout: Layout, spec: Any, run_id: str) -> bool:
-    """Whether the published version of dataset ``spec`` holds files appended by run ``run_id``."""
-    from storage.datasets import current_manifest
-
-    manifest = current_manifest(layout, spec)
-    prefix = f"part-{run_id}-"
-    return manifest is not None and any(Path(f.path).name.startswith(prefix) for f in manifest.files)

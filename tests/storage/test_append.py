@@ -72,6 +72,11 @@ def test_registry_version_relabels_only_that_runs_folder_rows(layout):
     # A model it does not name and a run that is not there change nothing.
     assert attach_registry_version(layout, ["other"], model_uri="/models/b", name="labse", version="8") == 3
     assert attach_registry_version(layout, ["nope"], model_uri="/models/a", name="labse", version="8") == 0
+    # A run id that begins another's ("ev" vs "ev-2") names only its own files.
+    publish_rows(layout, "tatoeba-v1", rows(1), run_id="ev-2", model_uri="/models/a", model_version=None)
+    assert attach_registry_version(layout, ["ev"], model_uri="/models/a", name="labse", version="7") == 4
+    assert [r["model_version"] for r in ds.dataset(root, partitioning="hive").to_table().to_pylist()
+            if r["run_id"] == "ev-2"] == [None]
     assert {r["model_version"] for r in ds.dataset(root, partitioning="hive").to_table().to_pylist()} == {None, "7"}
     # A rewrite that would change the row count is refused and the published version stays.
     before = current_manifest(layout, EVAL_RESULTS)
