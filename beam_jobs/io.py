@@ -42,23 +42,6 @@ def partition_values(path: str) -> dict[str, str]:
     return out
 
 
-class ReadParquetBatches(beam.DoFn):
-    """File path -> lists of row dicts (``batch_size`` rows each), with the partition columns from the
-    path and any ``extra`` fields (e.g. ``existing=True``) added to every row."""
-
-    def __init__(self, batch_size: int = 5000, extra: dict | None = None):
-        self.batch_size = batch_size
-        self.extra = extra or {}
-
-    def process(self, path: str):
-        fixed = partition_values(path) | self.extra
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_size):
-            rows = batch.to_pylist()
-            for r in rows:
-                r.update(fixed)
-            yield rows
-
-
 class _BufferedWriteFn(beam.DoFn):
     def __init__(self, spec: DatasetSpec, staging: str, rows_per_file: int, max_buffered_rows: int,
                  fault_point: str | None = None):
@@ -157,6 +140,14 @@ class ReadParquetTables(beam.DoFn):
             for k, v in fixed.items():
                 table = table.append_column(k, pa.repeat(pa.scalar(v), table.num_rows))
             yield table
+
+
+class ReadParquetBatches(ReadParquetTables):
+    """File path -> lists of row dicts (``batch_size`` rows each): ``ReadParquetTables``' tables as rows."""
+
+    def process(self, path: str):
+        for table in super().process(path):
+            yield table.to_pylist()
 
 
 class _BufferedTableWriteFn(_BufferedWriteFn):

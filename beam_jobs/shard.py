@@ -3,7 +3,8 @@
     corpus_clean --tokenize (sentencepiece, ids without [CLS]/[SEP], max_len per side)--+
         -> shards_pairs  (dual encoder)         Parquet, num_shards balanced files (Beam WriteToParquet)
         -> shards/tfrecord/pairs-*.tfrecord     tf.train.Example: src_raw, tgt_raw, src_ids, tgt_ids, langs
-        -> shards_tlm    [CLS] src [SEP] tgt [SEP], segment ids, positions reset at the target
+        -> shards_tlm    [CLS] src [SEP] tgt [SEP], segment ids, positions reset at the target; without
+                         the pairs fine-tuning holds out for evaluation (held_out_fraction)
     both sides of the pairs (distinct per language) + monolingual files
         -> shards_mlm    (lang, text, input_ids)
 
@@ -36,6 +37,7 @@ from beam_jobs.options import BeamConfig
 from beam_jobs.vocab import _mono
 from labse_core.data.masking import make_tlm_example
 from labse_core.faults import maybe_die
+from labse_core.finetune.data import is_held_out
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
 from storage.datasets import DatasetWriter, commit, current_manifest, new_staging
 from storage.io import atomic_path, write_json_atomic, write_parquet
@@ -54,6 +56,12 @@ class ShardConfig(BaseModel):
     rows_per_shard: int = Field(100_000, ge=1, description="Target rows per shard file.")
     tfrecord: bool = Field(True, description="Also write the pair shards as TFRecord tf.train.Example files.")
     tlm: bool = Field(True, description="Write TLM shards.")
+    held_out_fraction: float = Field(
+        0.01, ge=0.0, lt=1.0,
+        description="Fine-tuning's eval_fraction (FinetuneConfig's default 0.01): TLM leaves out the pairs "
+        "fine-tuning holds out (labse_core.finetune.data.is_held_out), which held-out retrieval and BUCC "
+        "evaluate on, so TLM pretraining never reads them side by side. 0: TLM takes every pair.",
+    )
     mlm_from_pairs: bool = Field(True, description="Use both sides of the clean pairs as MLM sentences.")
     mono_inputs: list[Path] = Field(default_factory=list, description="Monolingual text files for MLM.")
     beam: BeamConfig = Field(default_factory=BeamConfig)
@@ -147,10 +155,12 @@ class _WritePairShardFn(beam.DoFn):
                       Path(self.pairs_dir) / f"part-{name}.parquet")
         _count("pairs", len(rows))
         if self.cfg.tlm:
-            tlm = [tlm_row(r, self.cfg.tlm_max_len) for r in rows]
+            frac = self.cfg.held_out_fraction
+            tlm = [tlm_row(r, self.cfg.tlm_max_len) for r in rows if not is_held_out(r["src_text"], r["tgt_text"], frac)]
             write_parquet(SHARD_TLM, pa.Table.from_pylist(tlm, schema=SHARD_TLM.file_schema),
                           Path(self.tlm_dir) / f"part-{name}.parquet")
             _count("tlm", len(tlm))
+            _count("tlm_held_out", len(rows) - len(tlm))
         if self.cfg.tfrecord:
             write_tfrecord(Path(self.tfr_dir) / f"pairs-{name}.tfrecord", [example_bytes(r) for r in rows])
         maybe_die("shard.part_written")
@@ -243,6 +253,9 @@ def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
         if not stats.get("tokenized", 0) == stats.get("pairs", 0) == manifest.rows:
             raise ShardError(f"tokenized {stats.get('tokenized', 0)} and wrote {stats.get('pairs', 0)} pairs, "
                              f"the clean corpus has {manifest.rows}; nothing published")
+        if cfg.tlm and stats.get("tlm", 0) + stats.get("tlm_held_out", 0) != manifest.rows:
+            raise ShardError(f"TLM shards hold {stats.get('tlm', 0)} pairs and left out {stats.get('tlm_held_out', 0)} "
+                             f"held-out ones, the clean corpus has {manifest.rows}; nothing published")
         tfr = sorted(tfr_staging.glob("*.tfrecord")) if cfg.tfrecord else []
         tfr_counts = {f.name: count_tfrecords(f) for f in tfr}
         if cfg.tfrecord and sum(tfr_counts.values()) != manifest.rows:

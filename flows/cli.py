@@ -372,6 +372,8 @@ def shard(
     rows_per_shard: Annotated[int, typer.Option(help="Target rows per shard file.")] = 100_000,
     mono: Annotated[list[Path] | None, typer.Option("--mono", help="Monolingual text file for MLM (repeatable).")] = None,
     tfrecord: Annotated[bool, typer.Option(help="Also write TFRecord files.")] = True,
+    held_out_fraction: Annotated[float, typer.Option(
+        help="The eval_fraction `labse finetune` will use: TLM shards leave out the pairs it holds out.")] = 0.01,
     runner: RunnerOpt = "DirectRunner",
     workers: WorkersOpt = None,
     beam_arg: BeamArgOpt = None,
@@ -383,7 +385,7 @@ def shard(
 
     try:
         cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
-                          beam=_beam(runner, workers, beam_arg, dask_address))
+                          held_out_fraction=held_out_fraction, beam=_beam(runner, workers, beam_arg, dask_address))
         layout = Layout.from_env()
         with _status("tokenizing and sharding ..."):
             result = run(cfg, layout)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from prefect import flow, get_run_logger, task
@@ -606,6 +606,17 @@ def _stage_id(summary: StageSummary) -> str:
     return summary.stage.replace(" (imported)", "-imported")
 
 
+C = TypeVar("C", ShardConfig, PretrainConfig, None)
+
+
+def held_out_for(cfg: C, finetune_cfg: FinetuneConfig | None) -> C:
+    """A shard or pretraining stage's config with TLM leaving out exactly the pairs this fine-tuning
+    holds out for its evaluation (held-out retrieval, BUCC): ``held_out_fraction`` = ``eval_fraction``."""
+    if cfg is None or finetune_cfg is None:
+        return cfg
+    return cfg.model_copy(update={"held_out_fraction": finetune_cfg.eval_fraction})
+
+
 _SHARDS = tuple(stage_cache.dataset(s.name) for s in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM))
 
 
@@ -647,12 +658,14 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
                       lambda r: [sc.dataset(CLEAN_PAIRS.name), sc.dataset(REJECTS.name)], prep, pid)
         stages.append(run(vocab_stage, "vocab", config.vocab, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name)),
                           lambda r: [sc.VOCAB], config.vocab, pid))
-        stages += run(shard_stage, "shard", config.shard, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
-                      lambda r: list(_SHARDS), config.shard, pid)
+        shard_cfg = held_out_for(config.shard, config.finetune)
+        stages += run(shard_stage, "shard", shard_cfg, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
+                      lambda r: list(_SHARDS), shard_cfg, pid)
         init_from = None
         if config.pretrain is not None:
-            stages.append(run(pretrain_stage, "pretrain", config.pretrain, _stage_inputs(layout, *_SHARDS, sc.VOCAB),
-                              lambda r: [sc.folder(r.path)], config.pretrain, pid))
+            pre_cfg = held_out_for(config.pretrain, config.finetune)
+            stages.append(run(pretrain_stage, "pretrain", pre_cfg, _stage_inputs(layout, *_SHARDS, sc.VOCAB),
+                              lambda r: [sc.folder(r.path)], pre_cfg, pid))
             init_from = stages[-1].path
         imported = None
         if config.import_encoder is not None:

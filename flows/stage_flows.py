@@ -38,6 +38,7 @@ from flows.pipeline import (
     _stage_inputs,
     evaluate_stage,
     finetune_stage,
+    held_out_for,
     ingest_stage,
     mine_stage,
     prepare_stage,
@@ -311,8 +312,9 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
             logger.info("prepared %d inbox file(s) into corpus_clean; moved to %s", len(files), done)
         elif not layout.dataset_dir(CLEAN_PAIRS.relpath).is_dir():
             raise ValueError(f"no corpus_clean in {layout.lake} and no file in {inbox}: nothing to train on")
-        out, c = _one(shard_stage, "shard", config.shard, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
-                      lambda r: list(_SHARDS), config.shard, pid)
+        shard_cfg = held_out_for(config.shard, config.finetune)
+        out, c = _one(shard_stage, "shard", shard_cfg, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
+                      lambda r: list(_SHARDS), shard_cfg, pid)
         stages += out
         cached += c
         champion_uri = f"models:/{config.registered_model}@{config.alias}"

@@ -199,6 +199,7 @@ class ShardStream(IterableDataset):
         num_shards: int = 1,
         cfg: StreamConfig | None = None,
         collate: Collate | None = None,
+        row_filter: Callable[[Row], bool] | None = None,
     ):
         super().__init__()
         if not 0 <= shard_index < num_shards:
@@ -210,6 +211,9 @@ class ShardStream(IterableDataset):
         self.shard_index, self.num_shards = shard_index, num_shards
         self.cfg = cfg or StreamConfig()
         self.collate = collate
+        # Rows it returns False for are skipped as they are read; a pure function of the row (and
+        # picklable, for DataLoader workers), so positions and resumption stay exact.
+        self.row_filter = row_filter
         self._units_cache: dict[int, list[Unit]] = {}
         # Restore state: start position per logical worker and which logical worker the first
         # physical worker plays (so the round-robin order of a DataLoader resumes where it was).
@@ -294,7 +298,8 @@ class ShardStream(IterableDataset):
         if unit.file not in files:
             files[unit.file] = pq.ParquetFile(self.files[unit.file])
         table = files[unit.file].read_row_group(unit.row_group, columns=self.columns)
-        return _rows(table.slice(unit.start, unit.num_rows))
+        rows = _rows(table.slice(unit.start, unit.num_rows))
+        return rows if self.row_filter is None else [r for r in rows if self.row_filter(r)]
 
     def _length(self, row: Row) -> int:
         n = len(row[self.cfg.length_column]) + self.cfg.extra_tokens

@@ -58,6 +58,7 @@ from pydantic import model_validator
 from labse_core.data.batches import SpecialIds, special_ids_of
 from labse_core.data.masking import IGNORE_INDEX, MaskingConfig, make_tlm_example, mask_tokens
 from labse_core.data.shards import ShardLoader, ShardStream, StreamConfig, pad_sequences
+from labse_core.finetune.data import is_held_out
 from labse_core.model.encoder import LabseEncoder
 from labse_core.pretrain.model import LabseForPretraining, grow_layers, shrink_layers, stage_layers
 from labse_core.training import distributed
@@ -116,6 +117,11 @@ class PretrainConfig(RunConfig, EncoderSettings):
     model's vocabulary already."""
     pair_shards: str | None = None
     """Folder of SHARD_PAIRS part files, the TLM texts when re-tokenizing; None: LABSE_HOME/lake/shards/pairs."""
+    held_out_fraction: float = 0.01
+    """Fine-tuning's eval_fraction (FinetuneConfig's default 0.01; the pipeline passes its own): TLM
+    from the pair shards (retokenize) skips the pairs fine-tuning holds out for evaluation
+    (labse_core.finetune.data.is_held_out), as the lake's TLM shards are written without them
+    (ShardConfig.held_out_fraction). 0: TLM reads every pair."""
     tlm_ratio: float = 0.5
     """Probability that a step's batch is TLM rather than MLM. LaBSE trains both objectives but does
     not give a mixture; 0.5 weighs them equally. 0 or 1 needs only one kind of shard."""
@@ -148,6 +154,8 @@ class PretrainConfig(RunConfig, EncoderSettings):
     def _check(self) -> PretrainConfig:
         if not 0.0 <= self.tlm_ratio <= 1.0:
             raise ValueError(f"tlm_ratio must be in [0, 1], got {self.tlm_ratio}")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.max_len < 5:
             raise ValueError("max_len must be >= 5 ([CLS] a [SEP] b [SEP])")
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.checkpoint_every < 1:
@@ -288,6 +296,16 @@ class PretrainCollator:
         }
 
 
+@dataclass(frozen=True)
+class NotHeldOut:
+    """Whether a pair row is outside fine-tuning's held-out split (a picklable row filter)."""
+
+    fraction: float
+
+    def __call__(self, row: dict) -> bool:
+        return not is_held_out(row["src_text"], row["tgt_text"], self.fraction)
+
+
 def make_loader(
     cfg: PretrainConfig,
     kind: Literal["mlm", "tlm"],
@@ -315,8 +333,11 @@ def make_loader(
     )
     vocab = len(tokenizer) if tokenizer is not None else cfg.vocab_size
     collate = PretrainCollator(kind, cfg.max_len, vocab, cfg.special_ids, cfg.masking, tokenizer)
+    # TLM from the pair shards' texts: without fine-tuning's held-out pairs (the TLM shards have none)
+    keep = NotHeldOut(cfg.held_out_fraction) if tokenizer is not None and kind == "tlm" else None
     stream = ShardStream(
-        files, columns=columns, shard_index=shard, num_shards=num_shards, cfg=stream_cfg, collate=collate
+        files, columns=columns, shard_index=shard, num_shards=num_shards, cfg=stream_cfg, collate=collate,
+        row_filter=keep,
     )
     return ShardLoader(stream, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
 

@@ -10,11 +10,13 @@ import sentencepiece as spm
 
 from beam_jobs import gettext_ingest, prepare, shard, vocab
 from beam_jobs.options import BeamConfig
+from labse_core.finetune.data import is_held_out
 from labse_core.vocab import CLS_ID, SEP_ID, VocabConfig, load_tokenizer
 from storage.layout import Layout
 from storage.schemas import CLEAN_PAIRS, SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 
 BEAM = BeamConfig(num_workers=2)
+HELD_OUT = 0.2  # fine-tuning's eval_fraction as the shard stage is told it
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def sharded(tmp_path_factory, real_catalogs):
         languages=["de", "ru", "ja", "ar", "el"], domains=["coreutils", "glib20", "iso_3166-1", "gtk30"], beam=BEAM), layout)
     prepare.run(prepare.PrepareConfig(eval_sets=[], beam=BEAM), layout)
     v = vocab.run(vocab.VocabStageConfig(vocab=VocabConfig(vocab_size=3000, sample_size=8_000), beam=BEAM), layout)
-    s = shard.run(shard.ShardConfig(rows_per_shard=5000, max_len=32, beam=BEAM), layout)
+    s = shard.run(shard.ShardConfig(rows_per_shard=5000, max_len=32, held_out_fraction=HELD_OUT, beam=BEAM), layout)
     return layout, v, s
 
 
@@ -75,7 +77,7 @@ def test_tfrecords_parse_without_tensorflow(sharded):
     assert manifest["records"] == pairs.num_rows
 
 
-def test_tlm_and_mlm_shards(sharded):
+def test_tlm_and_mlm_shards_and_tlm_leaves_out_the_held_out_pairs(sharded):
     layout, _, s = sharded
     tlm = pq.read_table(layout.dataset_dir(SHARD_TLM.relpath)).slice(0, 200).to_pylist()
     for r in tlm:
@@ -84,6 +86,13 @@ def test_tlm_and_mlm_shards(sharded):
         first_sep = ids.index(SEP_ID)
         assert set(types[: first_sep + 1]) == {0} and set(types[first_sep + 1 :]) == {1}
         assert r["position_ids"][first_sep + 1] == 1  # positions restart at the target
+    # TLM holds every pair but the ones fine-tuning holds out for its evaluation, as [CLS] src [SEP] tgt [SEP]
+    pairs = pq.read_table(layout.dataset_dir(SHARD_PAIRS.relpath)).to_pylist()
+    held = [is_held_out(r["src_text"], r["tgt_text"], HELD_OUT) for r in pairs]
+    expected = Counter((CLS_ID, *r["src_ids"], SEP_ID, *r["tgt_ids"], SEP_ID) for r, h in zip(pairs, held, strict=True) if not h)
+    got = Counter(map(tuple, pq.read_table(layout.dataset_dir(SHARD_TLM.relpath)).column("input_ids").to_pylist()))
+    assert got == expected and s.rows["shards_tlm"] == len(pairs) - sum(held)
+    assert 0.1 * len(pairs) < sum(held) < 0.3 * len(pairs)
     mlm = pq.read_table(layout.dataset_dir(SHARD_MLM.relpath))
     keys = list(zip(mlm.column("lang").to_pylist(), mlm.column("text").to_pylist(), strict=True))
     assert len(keys) == len(set(keys)) == s.rows["shards_mlm"]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ from beam_jobs.vocab import VocabStageConfig
 from flows.pipeline import EvaluateStageConfig, MineStageConfig, PipelineConfig, labse_pipeline, preset
 from labse_core.data.shards import shard_files
 from labse_core.finetune import train as finetune
+from labse_core.finetune.data import is_held_out
 from labse_core.pretrain.train import tiny_cpu
 from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
@@ -51,7 +53,12 @@ def test_flow_writes_corpus_and_catalog(summary):
     assert [s.stage for s in (fine, evaluate, mine, register)] == ["finetune", "evaluate", "mine", "register"]
     assert pre.stage == "pretrain" and pre.rows == 40 and pre.stats["loss_last"] < pre.stats["loss_first"]
     assert (vocab.stage, pairs.dataset, tlm.dataset, mlm.dataset) == ("vocab", "shards_pairs", "shards_tlm", "shards_mlm")
-    assert pairs.rows == tlm.rows == clean.rows and vocab.rows == 10_000
+    assert pairs.rows == clean.rows and vocab.rows == 10_000
+    # TLM leaves out the pairs fine-tuning holds out for its evaluation (the pipeline passes eval_fraction)
+    shard_pairs = pq.read_table(Layout.from_env().dataset_dir(SHARD_PAIRS.relpath), columns=["src_text", "tgt_text"])
+    fraction = finetune.tiny_cpu().eval_fraction
+    held = sum(is_held_out(a, b, fraction) for a, b in zip(*shard_pairs.to_pydict().values(), strict=True))
+    assert tlm.rows == pairs.rows - held and held > 0
     assert stage.stage == "ingest" and stage.rows > 20_000 and stage.partitions == 2
     assert (clean.dataset, rejects.dataset) == ("corpus_clean", "corpus_rejects")
     assert clean.rows + rejects.rows == stage.rows  # every raw pair is clean or rejected

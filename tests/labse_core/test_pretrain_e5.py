@@ -19,6 +19,7 @@ of the lake, not from the model's.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -33,13 +34,16 @@ import torch
 
 from labse_core.data.batches import special_ids_of
 from labse_core.data.masking import IGNORE_INDEX, MaskingConfig, make_tlm_example
-from labse_core.data.shards import shard_files
+from labse_core.data.shards import ShardStream, StreamConfig, shard_files
+from labse_core.finetune.data import is_held_out
 from labse_core.pretrain.train import (
+    NotHeldOut,
     PretrainCollator,
     Pretrainer,
     build_model,
     e5_continue_cpu,
     e5_continue_gpu,
+    make_loader,
     run,
     save_final,
     text_tokenizer,
@@ -127,6 +131,21 @@ def test_ids_fed_to_the_model_are_the_model_tokenizers_ids_of_the_text(e5, mlm_c
     # The default masking puts the tokenizer's <mask> in, and random replacements stay in its vocabulary.
     masked = PretrainCollator("mlm", MAX_LEN, len(tok), special, MaskingConfig(), tok)(mlm_rows, seed=2)
     assert (masked["input_ids"] == tok.mask_token_id).any() and int(masked["input_ids"].max()) < len(tok)
+
+
+def test_tlm_from_the_pair_texts_leaves_out_finetunings_held_out_pairs(e5, mlm_corpus, pairs_corpus):  # noqa: F811
+    cfg = _cfg(e5, mlm_corpus, pairs_corpus, held_out_fraction=0.3)
+    tok = text_tokenizer(cfg, Layout.from_env(Path(e5).parent / "home"))
+    loader = make_loader(cfg, "tlm", Path(pairs_corpus.shards), 0, 1, tok)
+    assert loader.stream.row_filter == NotHeldOut(0.3)
+    assert make_loader(cfg, "mlm", Path(mlm_corpus.mlm), 0, 1, tok).stream.row_filter is None
+    # one epoch of a stream with that filter: exactly the pairs outside the held-out split, each once
+    stream = ShardStream(pairs_corpus.shards, columns=["src_text", "tgt_text", "src_ids"], row_filter=loader.stream.row_filter,
+                         cfg=StreamConfig(epochs=1, batch_size=64, length_column="src_ids"))
+    seen = Counter((r["src_text"], r["tgt_text"]) for item in stream for r in item["batch"])
+    rows = pq.read_table(pairs_corpus.shards, columns=["src_text", "tgt_text"]).to_pylist()
+    want = Counter((r["src_text"], r["tgt_text"]) for r in rows if not is_held_out(r["src_text"], r["tgt_text"], 0.3))
+    assert seen == want and 0.6 * len(rows) < sum(want.values()) < 0.8 * len(rows)
 
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch_and_the_decoder_moves_with_the_table(
