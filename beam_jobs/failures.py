@@ -61,10 +61,12 @@ def _watch_workers(stage: str) -> Iterator[dict]:
     (``run_worker`` raises ``Worker subprocess exited with return code 137``) while the driver can wait
     forever for the dead worker's answer; that thread's error is turned into a signal to the main thread,
     which raises ``WorkerLost`` there. The other workers are stopped so that no thread outlives the stage.
-    Only in the main thread (a ``labse`` command): signal handlers cannot be installed elsewhere."""
+    In the main thread (a ``labse`` command) only: signal handlers cannot be installed elsewhere, and a
+    stage on another thread (a Prefect task) is watched by ``_abort_on_lost_worker`` instead."""
     state: dict = {"active": True, "lost": None}
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
-        yield state
+        with _abort_on_lost_worker(stage, state):
+            yield state
         return
     previous_hook = threading.excepthook
 
@@ -93,6 +95,44 @@ def _watch_workers(stage: str) -> Iterator[dict]:
     finally:
         state["active"] = False
         signal.signal(signal.SIGUSR1, previous_handler)
+
+
+@contextlib.contextmanager
+def _abort_on_lost_worker(stage: str, state: dict) -> Iterator[None]:
+    """The same watch for a stage run outside the main thread (a Prefect task's thread), where no signal
+    handler can be installed: the dead worker's pending instructions are failed instead, as Beam's Docker
+    worker handler does for a container that exits, so the runner raises on the stage's thread (caught
+    by ``stage_failures`` as a lost worker) instead of waiting forever for an answer."""
+    previous_hook = threading.excepthook
+
+    def hook(args) -> None:
+        text = str(args.exc_value)
+        if args.thread is not None and args.thread.name == "run_worker" and "Worker subprocess exited" in text:
+            if state["active"]:  # every dead worker's instructions: several can die (each counts its own hits)
+                state["lost"] = state["lost"] or text
+                for handler in _worker_handlers(args.thread):
+                    handler.control_conn.abort(RuntimeError(f"SDK worker exited: {text}"))
+            return
+        if type(args.exc_value).__name__ == "RpcError" and "grpc" in type(args.exc_value).__module__:
+            return
+        previous_hook(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        state["active"] = False
+
+
+def _worker_handlers(thread: threading.Thread) -> list:
+    """Beam's worker handlers whose worker thread this is (the handler holds it as ``worker_thread``)."""
+    import gc
+
+    found = []
+    for ref in gc.get_referrers(thread):  # the handler itself, or its __dict__ (how Python keeps it varies)
+        owners = [ref] if not isinstance(ref, dict) else [o for o in gc.get_referrers(ref) if getattr(o, "__dict__", None) is ref]
+        found += [o for o in owners if getattr(o, "worker_thread", None) is thread and getattr(o, "control_conn", None) is not None]
+    return found
 
 
 @contextlib.contextmanager

@@ -276,6 +276,45 @@ def test_stage_killed_mid_write_keeps_the_previous_version_and_reruns_equal(home
     assert staging_leftovers(home) == []
 
 
+# A stage run on a thread other than the main one, as a Prefect task runs it inside `labse pipeline`.
+IN_A_THREAD = textwrap.dedent("""
+    import os, sys, threading
+    sys.path.insert(0, os.getcwd())
+    from beam_jobs import vocab
+    from beam_jobs.options import BeamConfig
+    from labse_core.vocab import VocabConfig
+    from storage.layout import Layout
+    out = {}
+    def stage():
+        cfg = vocab.VocabStageConfig(vocab=VocabConfig(vocab_size=600, sample_size=3000), beam=BeamConfig(num_workers=2))
+        try:
+            vocab.run(cfg, Layout.from_env())
+            out["error"] = None
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+    t = threading.Thread(target=stage, name="task")
+    t.start()
+    t.join(120)
+    print("hung" if t.is_alive() else out["error"], flush=True)
+    os._exit(3 if t.is_alive() else 0)
+""")
+
+
+def test_a_lost_worker_fails_a_stage_running_outside_the_main_thread(homes, tmp_path):
+    """No signal handler can be installed off the main thread: the dead worker's pending instructions
+    are failed instead (beam_jobs.failures), so the stage raises WorkerLost rather than hanging."""
+    home = copy_home(homes["prepare"], tmp_path / "home")
+    before = lake_files(home)
+    p = subprocess.Popen([sys.executable, "-c", IN_A_THREAD], env=labse_env(home, fault="vocab.part_written:1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and out.startswith("WorkerLost: vocab: a Beam worker process died"), \
+        (p.returncode, out, err[-2000:])
+    assert not _no_process_left(p.pid), "Beam worker processes outlived the stage"
+    assert lake_files(home) == before and staging_leftovers(home) == []
+
+
 # ---------------------------------------------------------------------------------------------------
 # Full disk
 

@@ -4,7 +4,6 @@ queries the remote lake read through fsspec (the pinned DuckDB has no httpfs and
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -17,22 +16,17 @@ from storage.catalog import QueryError
 from storage.layout import Layout
 from storage.remote import LAKE_URL_ENV, RemoteLake, RemoteLakeError
 from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS
+from tests.torchrun_helpers import free_port
 
 DIRECT = BeamConfig(num_workers=1, running_mode="in_memory")
 SECRET = "not-a-real-secret-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "labse-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",

@@ -12,10 +12,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import json
-import socket
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +35,8 @@ from labse_core.finetune.train import (
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from storage.layout import Layout
 from storage.schemas import SHARD_PAIRS
+from tests.torchrun_helpers import torchrun_two_ranks
 
-REPO = Path(__file__).resolve().parents[2]
 LOCALES = Path("/usr/share/locale")
 LANGS = ("de", "fr", "es", "ru")
 DOMAINS = ("glib20", "gtk30", "coreutils")
@@ -292,11 +288,6 @@ def test_warm_start_from_a_pretraining_final_folder_and_an_exported_folder(corpu
 # Distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("grad_cache_chunk", [None, 5])
 def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path, grad_cache_chunk):
@@ -319,26 +310,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_
         eps=1e-3,
     )
     ddp_cfg = cfg.model_copy(update={"grad_cache_chunk": grad_cache_chunk})
-    (tmp_path / "cfg.json").write_text(ddp_cfg.model_dump_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "labse_core.finetune.train",
-        "--config",
-        str(tmp_path / "cfg.json"),
-        "--home",
-        str(tmp_path / "ddp"),
-        "--result",
-        str(tmp_path / "ddp.json"),
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    ddp = torchrun_two_ranks("labse_core.finetune.train", ddp_cfg, tmp_path)
 
     single = run(cfg.model_copy(update={"streams_per_rank": 2}), Layout(tmp_path / "single"))
     np.testing.assert_allclose(ddp["losses"], single.losses, rtol=0, atol=1e-5)

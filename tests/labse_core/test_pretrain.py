@@ -13,9 +13,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing here may reach a model hub
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import json
-import socket
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -62,8 +59,8 @@ from labse_core.training.distributed import DistEnv
 from labse_core.training.optim import lr_at
 from storage.layout import Layout
 from storage.schemas import SHARD_MLM, SHARD_TLM, check_table
+from tests.torchrun_helpers import torchrun_two_ranks
 
-REPO = Path(__file__).resolve().parents[2]
 LOCALES = Path("/usr/share/locale")
 LANGS = ("de", "fr", "es", "ru", "ja", "pt")
 DOMAIN = "glib20"  # ~1,200 translated messages per language, present for all six
@@ -392,37 +389,13 @@ def test_time_budget_stops_cleanly_with_a_checkpoint_and_the_final_encoder(corpu
     ).is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
     """torchrun, 2 gloo ranks x 1 micro-batch == 1 process x 2 accumulated micro-batches: the same data
     shards, the loss normalised by the global target count, so the same loss and parameters."""
     cfg = _cfg(corpus, max_steps=4, batch_size=8, dropout=0.0, warmup_steps=1, checkpoint_every=1000, lr=3e-3)
-    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "labse_core.pretrain.train",
-        "--config",
-        str(tmp_path / "cfg.json"),
-        "--home",
-        str(tmp_path / "ddp"),
-        "--result",
-        str(tmp_path / "ddp.json"),
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    ddp = torchrun_two_ranks("labse_core.pretrain.train", cfg, tmp_path)
 
     single = run(cfg.model_copy(update={"grad_accum": 2}), Layout(tmp_path / "single"))
     np.testing.assert_allclose(ddp["losses"], single.losses, rtol=0, atol=1e-5)
