@@ -337,13 +337,17 @@ def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
 
 
 @task(name="pretrain", task_run_name="pretrain", tags=[stage_cache.TRAINING_TAG])
-def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
-    """MLM + TLM pretraining on the shards, sized to the vocabulary in the lake, within its time budget."""
+def pretrain_stage(cfg: PretrainConfig, parent_run_id: str, attempt: str | None = None) -> StageSummary:
+    """MLM + TLM pretraining on the shards, sized to the vocabulary in the lake, within its time budget.
+    ``attempt``: the stage key (``stage_cache.run_stage`` passes it): a killed attempt with the same key resumes."""
     layout = Layout.from_env()
-    cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id, "resume": False})
     t0 = time.perf_counter()
     with stage_cache.training_lock(layout, "pretrain"):
+        resume = _resume(layout, "pretrain", cfg.run_name, attempt)
+        cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id,
+                                     "resume": resume})
         result = torchrun.train("pretrain", cfg, layout)  # under torchrun when there are several GPUs
+        _finished(layout, "pretrain", cfg.run_name, attempt)
     seconds = time.perf_counter() - t0
     first, last = result.losses[:10], result.losses[-10:]
     if result.losses and result.mlflow_run_id:
@@ -360,7 +364,23 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str) -> StageSummary:
     return StageSummary(stage="pretrain", dataset="encoder", rows=result.step, partitions=0, files=0,
                         seconds=seconds, path=str(result.final_dir), mlflow_run_id=result.mlflow_run_id or "",
                         stats={"loss_first": sum(first) / max(len(first), 1), "loss_last": sum(last) / max(len(last), 1),
-                               "stopped_by": result.stopped_by})
+                               "stopped_by": result.stopped_by, "resumed_from_step": result.start_step})
+
+
+def _resume(layout: Layout, stage: str, run_name: str, attempt: str | None) -> bool:
+    """Whether a training stage continues a killed attempt of itself (``stage_cache.resume_attempt``)."""
+    if attempt is None:
+        return False
+    root = layout.checkpoints(stage, run_name)
+    resume = stage_cache.resume_attempt(root, attempt)
+    if resume:
+        get_run_logger().info("%s: continuing the interrupted attempt from its newest checkpoint in %s", stage, root)
+    return resume
+
+
+def _finished(layout: Layout, stage: str, run_name: str, attempt: str | None) -> None:
+    if attempt is not None:
+        stage_cache.attempt_finished(layout.checkpoints(stage, run_name), attempt)
 
 
 @task(name="import-encoder", task_run_name="import-{source}", **stage_cache.IO_RETRIES)
@@ -395,26 +415,30 @@ def _version(package: str) -> str:
 
 
 @task(name="finetune", task_run_name="finetune", tags=[stage_cache.TRAINING_TAG])
-def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | None) -> tuple[StageSummary, list]:
+def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | None,
+                   attempt: str | None = None) -> tuple[StageSummary, list]:
     """Dual-encoder fine-tuning on the pair shards (warm start from ``init_from``) within its time budget.
     Returns the summary (``path``: the best checkpoint's exported folder) and the held-out pairs it was
-    evaluated on (the registry gate's second metric)."""
+    evaluated on (the registry gate's second metric). ``attempt``: the stage key (``stage_cache.run_stage``
+    passes it): a killed attempt with the same key resumes from its newest checkpoint."""
     logger = get_run_logger()
     layout = Layout.from_env()
-    update: dict[str, Any] = {"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id, "resume": False,
+    update: dict[str, Any] = {"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id,
                               "mlflow": True}
     if init_from is not None:
         update["init_from"] = init_from
-    cfg = cfg.model_copy(update=update)
     t0 = time.perf_counter()
     with stage_cache.training_lock(layout, "finetune"):
+        update["resume"] = _resume(layout, "finetune", cfg.run_name, attempt)
+        cfg = cfg.model_copy(update=update)
         result = torchrun.train("finetune", FinetuneConfig(**cfg.model_dump()), layout)  # torchrun on several GPUs
+        _finished(layout, "finetune", cfg.run_name, attempt)
     seconds = time.perf_counter() - t0
     step0 = next((e["eval/acc"] for e in result.evals if e["step"] == 0), None)
     stats: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by, "pairs_per_s": result.pairs_per_s,
                              "best_accuracy": result.best_accuracy, "best_step": result.best_step,
                              "step0_accuracy": step0, "init_from": cfg.init_from, "held_out_pairs": len(result.eval_pairs),
-                             "eval_fraction": cfg.eval_fraction}
+                             "eval_fraction": cfg.eval_fraction, "resumed_from_step": result.start_step}
     plot = plot_training(result.losses, layout.run_dir(result.mlflow_run_id or "finetune") / "finetune.png",
                          "additive margin softmax loss", start_step=result.start_step, evals=result.evals)
     with mlflow.start_run(run_id=result.mlflow_run_id, nested=True):

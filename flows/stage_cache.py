@@ -163,6 +163,8 @@ def run_stage(task, stage: str, config: Any, inputs: Mapping[str, Any], outputs_
     """
     layout = Layout.from_env()
     key = stage_key(layout, stage, config, inputs)
+    if TRAINING_TAG in getattr(task, "tags", ()):  # a training stage resumes its own killed attempt (resume_attempt)
+        kwargs["attempt"] = key
     use = use_cache and enabled()
     valid = use and still_valid(layout, stage, key)
     t = task.with_options(cache_key_fn=lambda context, parameters: key, persist_result=True,
@@ -192,6 +194,31 @@ atomically (staging folder + rename, manifest last), so running it again after a
 
 TRAINING_TAG = "labse-training"
 """Prefect tag of the training tasks; ``labse serve`` sets a concurrency limit of 1 on it."""
+
+
+ATTEMPT_FILE = "flow-attempt.json"
+"""In a training stage's run folder (its checkpoints'): the stage key of the flow's last attempt at it, and
+whether that attempt finished."""
+
+
+def resume_attempt(root: Path, key: str) -> bool:
+    """Whether a flow's training stage (run folder ``root``) continues from its newest checkpoint: True when
+    the folder's last flow attempt had this same stage key (config, inputs, code) and never finished
+    (killed, or failed), so the checkpoints there are this very run's; False otherwise, and the run starts
+    over (the trainer drops an earlier run's step folders at its first checkpoint). Records this attempt
+    as unfinished; ``attempt_finished`` marks it done."""
+    try:
+        last = json.loads((root / ATTEMPT_FILE).read_text())
+    except (OSError, ValueError):
+        last = None
+    resume = isinstance(last, dict) and last.get("key") == key and last.get("finished") is False
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / ATTEMPT_FILE, {"key": key, "finished": False})
+    return resume
+
+
+def attempt_finished(root: Path, key: str) -> None:
+    write_json_atomic(root / ATTEMPT_FILE, {"key": key, "finished": True})
 
 
 class training_lock:  # noqa: N801 (used as a context manager, like a function)

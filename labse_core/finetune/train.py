@@ -70,7 +70,7 @@ from labse_core.training.distributed import DistEnv, all_reduce_sum, wrap_model
 from labse_core.training.optim import clip_and_step, lr_at, make_optimizer, set_lr
 from labse_core.training.result import TrainResult
 from labse_core.training.stopping import Stopper
-from labse_core.training.tracking import end_mlflow, log_metrics, progress_bar, start_mlflow
+from labse_core.training.tracking import abandon_mlflow, end_mlflow, log_metrics, progress_bar, start_mlflow
 from storage.layout import Layout
 from storage.schemas import SHARD_PAIRS
 
@@ -548,6 +548,7 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
     root = layout.checkpoints(STAGE, cfg.run_name)
     files = Path(cfg.pair_shards) if cfg.pair_shards else layout.dataset_dir(SHARD_PAIRS.relpath)
     stopper = Stopper(cfg, env, device)
+    result: FinetuneResult | None = None
     try:
         tokenizer = text_tokenizer(cfg, layout)
         if tokenizer is not None:
@@ -605,6 +606,10 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
             end_mlflow(cfg, {"best_dir": result.best_dir, "final_dir": result.final_dir})
         distributed.barrier(env)
         return result
+    except BaseException:
+        if env.is_main:
+            abandon_mlflow(result.mlflow_run_id if result is not None else None)
+        raise
     finally:
         distributed.teardown(created_group)
 

@@ -69,7 +69,7 @@ from labse_core.training.distributed import DistEnv, all_reduce_sum, wrap_model
 from labse_core.training.optim import clip_and_step, lr_at, make_optimizer, set_lr
 from labse_core.training.result import TrainResult
 from labse_core.training.stopping import Stopper
-from labse_core.training.tracking import end_mlflow, log_metrics, progress_bar, start_mlflow
+from labse_core.training.tracking import abandon_mlflow, end_mlflow, log_metrics, progress_bar, start_mlflow
 from storage.io import atomic_dir
 from storage.layout import Layout
 from storage.schemas import SHARD_MLM, SHARD_PAIRS, SHARD_TLM
@@ -626,6 +626,7 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
     env, device, created_group = distributed.setup(cfg.device)
     root = layout.checkpoints(STAGE, cfg.run_name)
     stopper = Stopper(cfg, env, device)
+    result: PretrainResult | None = None
     try:
         tokenizer = text_tokenizer(cfg, layout)
         if tokenizer is not None:
@@ -655,6 +656,10 @@ def run(cfg: PretrainConfig, layout: Layout | None = None) -> PretrainResult:
             end_mlflow(cfg, {"final_dir": result.final_dir})
         distributed.barrier(env)
         return result
+    except BaseException:
+        if env.is_main:
+            abandon_mlflow(result.mlflow_run_id if result is not None else None)
+        raise
     finally:
         distributed.teardown(created_group)
 

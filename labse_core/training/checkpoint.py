@@ -117,7 +117,12 @@ def save_checkpoint(
     config: BaseModel,
     keep: int,
 ) -> Path:
-    """Write root/step-<step>/ atomically and delete all but the newest `keep` step folders."""
+    """Write root/step-<step>/ atomically and delete all but the newest `keep` step folders.
+
+    A step folder above `step` belongs to an earlier run of this run_name that this one started over
+    from (resume off): it is removed too, so that pruning and a later resume only see this run's
+    checkpoints (a run's steps only increase). Until this run writes its first checkpoint, the earlier
+    run's stay as they were."""
     final = root / f"step-{step}"
     with atomic_dir(final) as tmp:
         torch.save(model_state, tmp / "model.pt")
@@ -125,6 +130,9 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_to_safe({"step": step} | trainer_state), tmp / "trainer.pt")
         (tmp / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    for s, old in checkpoint_steps(root):
+        if s > step:
+            shutil.rmtree(old, ignore_errors=True)
     steps = checkpoint_steps(root)
     for _, old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)

@@ -77,7 +77,8 @@ class RunConfig(BaseModel):
     keep_checkpoints: int = 3
     """Keep the newest this many step-N/ folders."""
     resume: bool = True
-    """Continue from the newest step-N/ of this run_name if there is one."""
+    """Continue from the newest step-N/ of this run_name if there is one. False: start over; the earlier
+    run's step-N/ folders stay until this run writes its first checkpoint, which removes them."""
     log_every: int = 10
     """Steps between MLflow metric logs (rank 0)."""
     mlflow: bool = True

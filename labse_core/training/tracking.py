@@ -41,6 +41,10 @@ def start_mlflow(
     run = mlflow.start_run(run_id=run_id, **parent) if run_id else mlflow.start_run(run_name=cfg.run_name, **parent)
     if run_id is not None:
         _LOGGED[run_id] = _logged_steps(run_id)
+        if cfg.mlflow_parent_run_id:  # resumed by another flow run (a killed pipeline run again): move under it
+            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+            mlflow.set_tag(MLFLOW_PARENT_RUN_ID, cfg.mlflow_parent_run_id)
     else:
         params = flat_params(cfg.model_dump(mode="json")) | {"world_size": env.world_size, "stage": stage}
         mlflow.log_params(params | (extra_params or {}))
@@ -104,6 +108,17 @@ def log_metrics(cfg: RunConfig, env: DistEnv, metrics: dict[str, float], step: i
         metrics = {k: v for k, v in metrics.items() if step > logged.get(k, -1)}
         if metrics:
             mlflow.log_metrics(metrics, step=step)
+
+
+def abandon_mlflow(run_id: str | None) -> None:
+    """Rank 0 when a run raises: close its MLflow run as FAILED so that the process can start others (a
+    notebook, a flow run again in-process); its record stays, so a resume reopens the same run."""
+    if run_id is not None:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status="FAILED")
 
 
 def end_mlflow(cfg: RunConfig, tags: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows.pipeline import EvaluateStageConfig, MineStageConfig, PipelineConfig, labse_pipeline, preset
+from flows.stage_cache import ATTEMPT_FILE
 from labse_core.data.shards import shard_files
 from labse_core.finetune import train as finetune
 from labse_core.finetune.data import is_held_out
@@ -28,20 +29,24 @@ from storage.schemas import SHARD_PAIRS
 FINETUNE_STEPS = 300
 
 
+def _config(**overrides) -> PipelineConfig:
+    beam = BeamConfig(num_workers=2)
+    cfg = dict(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=beam),
+               prepare=PrepareConfig(beam=beam),
+               vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=2000, sample_size=10_000), beam=beam),
+               shard=ShardConfig(beam=beam),
+               pretrain=tiny_cpu(max_steps=40, warmup_steps=5, checkpoint_every=20, progress=False),
+               # Enough steps to learn beyond the pretrained start (see STEP0_MARGIN), ~1 min on 2 cores.
+               finetune=finetune.tiny_cpu(max_steps=FINETUNE_STEPS, warmup_steps=10, eval_every=100,
+                                          checkpoint_every=150, progress=False),
+               evaluate=EvaluateStageConfig(bucc_gold=60, bucc_distractors=100),
+               mine=MineStageConfig(lang="de", gold=100, distractors=120))
+    return PipelineConfig(**(cfg | overrides))
+
+
 @pytest.fixture(scope="module")
 def summary(prefect_harness, real_catalogs):
-    beam = BeamConfig(num_workers=2)
-    cfg = PipelineConfig(preset="test", ingest=GettextIngestConfig(languages=["de", "uk"], beam=beam),
-                         prepare=PrepareConfig(beam=beam),
-                         vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=2000, sample_size=10_000), beam=beam),
-                         shard=ShardConfig(beam=beam),
-                         pretrain=tiny_cpu(max_steps=40, warmup_steps=5, checkpoint_every=20, progress=False),
-                         # Enough steps to learn beyond the pretrained start (see STEP0_MARGIN), ~1 min on 2 cores.
-                         finetune=finetune.tiny_cpu(max_steps=FINETUNE_STEPS, warmup_steps=10, eval_every=100,
-                                                    checkpoint_every=150, progress=False),
-                         evaluate=EvaluateStageConfig(bucc_gold=60, bucc_distractors=100),
-                         mine=MineStageConfig(lang="de", gold=100, distractors=120))
-    return labse_pipeline(cfg)
+    return labse_pipeline(_config())
 
 
 def stage(summary, name):
@@ -296,3 +301,36 @@ def test_ablation_flow_compares_arms_in_mlflow(summary):
     assert {"ablation.png", "ablation.json"} <= artifacts
     table = json.loads(Path(client.download_artifacts(parent.info.run_id, "ablation.json")).read_text())
     assert [r["arm"] for r in table["arms"]] == [a.arm for a in result.arms]
+
+
+def test_a_pipeline_killed_in_finetune_resumes_it_from_its_newest_checkpoint(summary, monkeypatch):
+    """The data stages are the fixture's (cached); a fine-tuning run of its own dies after step 25 (its
+    checkpoints: 10, 20), the pipeline is run again with the same settings: fine-tuning continues from
+    step 20 in the same MLflow run, now a child of the new pipeline run."""
+    import labse_core.training.checkpoint as checkpoint
+
+    fine = finetune.tiny_cpu(run_name="killed", max_steps=30, warmup_steps=5, eval_every=10, checkpoint_every=10,
+                             progress=False)
+    cfg = _config(pretrain=None, finetune=fine, evaluate=None, mine=None, registered_model=None)
+    steps = []
+
+    def die_after_25(point: str) -> None:
+        steps.append(point)
+        if point == "train.step" and steps.count(point) == 25:
+            raise RuntimeError("killed at step 25")
+
+    monkeypatch.setattr(checkpoint, "maybe_die", die_after_25)
+    with pytest.raises(RuntimeError, match="killed at step 25"):
+        labse_pipeline(cfg)
+    monkeypatch.undo()
+
+    again = labse_pipeline(cfg)
+    fine_run = stage(again, "finetune")
+    assert fine_run.stats["resumed_from_step"] == 20 and fine_run.rows == 30
+    assert {"ingest", "prepare", "vocab", "shard"} <= set(again.cached)
+    run = MlflowClient().get_run(fine_run.mlflow_run_id)
+    assert run.data.tags["mlflow.parentRunId"] == again.mlflow_run_id
+    steps_logged = [m.step for m in MlflowClient().get_metric_history(fine_run.mlflow_run_id, "loss")]
+    assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 30  # each step logged once
+    marker = json.loads((Layout.from_env().checkpoints("finetune", "killed") / ATTEMPT_FILE).read_text())
+    assert marker["finished"] is True  # a later attempt with this key starts over (test_stage_cache.py)

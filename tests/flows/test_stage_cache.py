@@ -134,3 +134,14 @@ def test_stage_code_version_covers_the_helpers_a_stage_calls():
     assert "labse_core/text/filters.py" in prepare and "labse_core/text/filters.py" not in files
     assert stage_cache.stage_code_version("ingest") != stage_cache.stage_code_version("prepare")
     assert stage_cache.stage_code_version("evaluate-imported") == stage_cache.stage_code_version("evaluate")
+
+
+def test_a_training_stage_resumes_only_its_own_unfinished_attempt(tmp_path):
+    root = tmp_path / "checkpoints" / "finetune" / "run"
+    assert stage_cache.resume_attempt(root, "k1") is False  # nothing before: a fresh run
+    assert stage_cache.resume_attempt(root, "k1") is True  # the same key, never finished: killed, continue
+    assert stage_cache.resume_attempt(root, "k2") is False  # other config, inputs or code: start over
+    stage_cache.attempt_finished(root, "k2")
+    assert stage_cache.resume_attempt(root, "k2") is False  # finished (a rerun with the cache off): start over
+    (root / stage_cache.ATTEMPT_FILE).write_text("{not json")
+    assert stage_cache.resume_attempt(root, "k2") is False  # unreadable: start over, never guess

@@ -100,13 +100,25 @@ def test_stopper_ends_at_max_steps_stop_at_step_or_the_time_budget():
 
 def test_checkpoint_folders_keep_the_newest(tmp_path):
     cfg = tiny_cpu()
-    for step in (1, 2, 10, 3):
+    for step in (1, 2, 9, 10):
         save_checkpoint(tmp_path, step, {"w": torch.ones(1) * step}, {}, {"x": step}, cfg, keep=2)
-    assert [s for s, _ in checkpoint_steps(tmp_path)] == [3, 10]
+    assert [s for s, _ in checkpoint_steps(tmp_path)] == [9, 10]
     latest = latest_checkpoint(tmp_path)
-    assert latest.name == "step-10"  # by step number, not by name or time
+    assert latest.name == "step-10"  # by step number, not by name ("step-9" sorts after "step-10")
     assert torch.load(latest / "trainer.pt", weights_only=True) == {"step": 10, "x": 10}
     assert FinetuneConfig(**json.loads((latest / "config.json").read_text())) == cfg
+
+
+def test_a_run_that_started_over_keeps_its_own_checkpoints_not_the_earlier_runs(tmp_path):
+    """resume off: a new run of the same run_name writes step-1 next to an earlier run's step-9/10.
+    Pruning by step number alone would delete the new step-1 at once and a later resume would pick
+    the earlier run's step-10; the earlier run's folders go at the new run's first checkpoint."""
+    for step in (5, 9, 10):
+        save_checkpoint(tmp_path, step, {"w": torch.zeros(1)}, {}, {"run": "earlier"}, tiny_cpu(), keep=3)
+    for step, kept in ((2, [2]), (4, [2, 4]), (6, [2, 4, 6]), (8, [4, 6, 8])):
+        save_checkpoint(tmp_path, step, {"w": torch.ones(1)}, {}, {"run": "new"}, tiny_cpu(), keep=3)
+        assert [s for s, _ in checkpoint_steps(tmp_path)] == kept
+    assert torch.load(latest_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["run"] == "new"
 
 
 def test_trainer_state_loads_without_unpickling_objects(tmp_path):
