@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from storage.layout import Layout
@@ -55,31 +55,45 @@ def _kill_workers() -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def _watch_workers(stage: str) -> Iterator[dict]:
-    """Fail the stage when a Beam worker process dies. The direct runner notices only in a side thread
-    (``run_worker`` raises ``Worker subprocess exited with return code 137``) while the driver can wait
-    forever for the dead worker's answer; that thread's error is turned into a signal to the main thread,
-    which raises ``WorkerLost`` there. The other workers are stopped so that no thread outlives the stage.
-    In the main thread (a ``labse`` command) only: signal handlers cannot be installed elsewhere, and a
-    stage on another thread (a Prefect task) is watched by ``_abort_on_lost_worker`` instead."""
-    state: dict = {"active": True, "lost": None}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
-        with _abort_on_lost_worker(stage, state):
-            yield state
-        return
+def _on_lost_workers(state: dict, lost: Callable[[threading.Thread, str], None]) -> None:
+    """Install a thread exception hook that calls ``lost(worker thread, error text)``, while
+    ``state["active"]``, for every Beam worker that dies (the runner's ``run_worker`` thread raises
+    ``Worker subprocess exited with return code 137``), and silences the gRPC errors of the data-plane
+    threads reading from it (the same loss, seen from another side). The hook stays: the other workers'
+    threads end after the stage, quietly."""
     previous_hook = threading.excepthook
 
     def hook(args) -> None:
         text = str(args.exc_value)
         if args.thread is not None and args.thread.name == "run_worker" and "Worker subprocess exited" in text:
-            if state["active"] and state["lost"] is None:
-                state["lost"] = text
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-            return  # a lost worker is reported once, as the stage's error
+            if state["active"]:
+                lost(args.thread, text)
+            return
         if type(args.exc_value).__name__ == "RpcError" and "grpc" in type(args.exc_value).__module__:
-            return  # a data-plane thread reading from the dead worker: the same loss, seen from another side
+            return
         previous_hook(args)
+
+    threading.excepthook = hook
+
+
+@contextlib.contextmanager
+def _watch_workers(stage: str) -> Iterator[dict]:
+    """Fail the stage when a Beam worker process dies. The direct runner notices only in a side thread
+    while the driver can wait forever for the dead worker's answer; that thread's error is turned into a
+    signal to the main thread, which raises ``WorkerLost`` there. The other workers are stopped so that no
+    thread outlives the stage. In the main thread (a ``labse`` command) only: signal handlers cannot be
+    installed elsewhere, and a stage on another thread (a Prefect task) is watched by
+    ``_abort_on_lost_worker`` instead."""
+    state: dict = {"active": True, "lost": None}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
+        with _abort_on_lost_worker(state):
+            yield state
+        return
+
+    def lost(thread: threading.Thread, text: str) -> None:
+        if state["lost"] is None:  # a lost worker is reported once, as the stage's error
+            state["lost"] = text
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
 
     def on_lost(signum, frame) -> None:
         if state["active"]:
@@ -89,7 +103,7 @@ def _watch_workers(stage: str) -> Iterator[dict]:
                              "nothing published, the previous version is intact")
 
     previous_handler = signal.signal(signal.SIGUSR1, on_lost)
-    threading.excepthook = hook  # stays: the other workers' threads end after the stage, quietly
+    _on_lost_workers(state, lost)
     try:
         yield state
     finally:
@@ -98,26 +112,18 @@ def _watch_workers(stage: str) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
-def _abort_on_lost_worker(stage: str, state: dict) -> Iterator[None]:
+def _abort_on_lost_worker(state: dict) -> Iterator[None]:
     """The same watch for a stage run outside the main thread (a Prefect task's thread), where no signal
     handler can be installed: the dead worker's pending instructions are failed instead, as Beam's Docker
     worker handler does for a container that exits, so the runner raises on the stage's thread (caught
     by ``stage_failures`` as a lost worker) instead of waiting forever for an answer."""
-    previous_hook = threading.excepthook
 
-    def hook(args) -> None:
-        text = str(args.exc_value)
-        if args.thread is not None and args.thread.name == "run_worker" and "Worker subprocess exited" in text:
-            if state["active"]:  # every dead worker's instructions: several can die (each counts its own hits)
-                state["lost"] = state["lost"] or text
-                for handler in _worker_handlers(args.thread):
-                    handler.control_conn.abort(RuntimeError(f"SDK worker exited: {text}"))
-            return
-        if type(args.exc_value).__name__ == "RpcError" and "grpc" in type(args.exc_value).__module__:
-            return
-        previous_hook(args)
+    def lost(thread: threading.Thread, text: str) -> None:  # every dead worker's: several can die
+        state["lost"] = state["lost"] or text
+        for handler in _worker_handlers(thread):
+            handler.control_conn.abort(RuntimeError(f"SDK worker exited: {text}"))
 
-    threading.excepthook = hook
+    _on_lost_workers(state, lost)
     try:
         yield
     finally:

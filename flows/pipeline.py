@@ -23,8 +23,9 @@ With ``PREFECT_API_URL`` set, runs are recorded by that Prefect server instead o
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -342,12 +343,10 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str, attempt: str | None 
     ``attempt``: the stage key (``stage_cache.run_stage`` passes it): a killed attempt with the same key resumes."""
     layout = Layout.from_env()
     t0 = time.perf_counter()
-    with stage_cache.training_lock(layout, "pretrain"):
-        resume = _resume(layout, "pretrain", cfg.run_name, attempt)
+    with stage_cache.training_lock(layout, "pretrain"), _training_attempt(layout, "pretrain", cfg.run_name, attempt) as resume:
         cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id,
                                      "resume": resume})
         result = torchrun.train("pretrain", cfg, layout)  # under torchrun when there are several GPUs
-        _finished(layout, "pretrain", cfg.run_name, attempt)
     seconds = time.perf_counter() - t0
     first, last = result.losses[:10], result.losses[-10:]
     if result.losses and result.mlflow_run_id:
@@ -367,20 +366,19 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str, attempt: str | None 
                                "stopped_by": result.stopped_by, "resumed_from_step": result.start_step})
 
 
-def _resume(layout: Layout, stage: str, run_name: str, attempt: str | None) -> bool:
-    """Whether a training stage continues a killed attempt of itself (``stage_cache.resume_attempt``)."""
+@contextlib.contextmanager
+def _training_attempt(layout: Layout, stage: str, run_name: str, attempt: str | None) -> Iterator[bool]:
+    """Yields whether a training stage continues a killed attempt of itself (``stage_cache.resume_attempt``);
+    marks the attempt finished when the body returns."""
     if attempt is None:
-        return False
+        yield False
+        return
     root = layout.checkpoints(stage, run_name)
     resume = stage_cache.resume_attempt(root, attempt)
     if resume:
         get_run_logger().info("%s: continuing the interrupted attempt from its newest checkpoint in %s", stage, root)
-    return resume
-
-
-def _finished(layout: Layout, stage: str, run_name: str, attempt: str | None) -> None:
-    if attempt is not None:
-        stage_cache.attempt_finished(layout.checkpoints(stage, run_name), attempt)
+    yield resume
+    stage_cache.attempt_finished(root, attempt)
 
 
 @task(name="import-encoder", task_run_name="import-{source}", **stage_cache.IO_RETRIES)
@@ -428,11 +426,9 @@ def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | Non
     if init_from is not None:
         update["init_from"] = init_from
     t0 = time.perf_counter()
-    with stage_cache.training_lock(layout, "finetune"):
-        update["resume"] = _resume(layout, "finetune", cfg.run_name, attempt)
-        cfg = cfg.model_copy(update=update)
+    with stage_cache.training_lock(layout, "finetune"), _training_attempt(layout, "finetune", cfg.run_name, attempt) as resume:
+        cfg = cfg.model_copy(update=update | {"resume": resume})
         result = torchrun.train("finetune", FinetuneConfig(**cfg.model_dump()), layout)  # torchrun on several GPUs
-        _finished(layout, "finetune", cfg.run_name, attempt)
     seconds = time.perf_counter() - t0
     step0 = next((e["eval/acc"] for e in result.evals if e["step"] == 0), None)
     stats: dict[str, Any] = {"steps": result.step, "stopped_by": result.stopped_by, "pairs_per_s": result.pairs_per_s,
@@ -630,13 +626,13 @@ def _stage_id(summary: StageSummary) -> str:
     return summary.stage.replace(" (imported)", "-imported")
 
 
-C = TypeVar("C", ShardConfig, PretrainConfig, None)
+C = TypeVar("C", ShardConfig, PretrainConfig)
 
 
 def held_out_for(cfg: C, finetune_cfg: FinetuneConfig | None) -> C:
     """A shard or pretraining stage's config with TLM leaving out exactly the pairs this fine-tuning
     holds out for its evaluation (held-out retrieval, BUCC): ``held_out_fraction`` = ``eval_fraction``."""
-    if cfg is None or finetune_cfg is None:
+    if finetune_cfg is None:
         return cfg
     return cfg.model_copy(update={"held_out_fraction": finetune_cfg.eval_fraction})
 

@@ -130,11 +130,10 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_to_safe({"step": step} | trainer_state), tmp / "trainer.pt")
         (tmp / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    for s, old in checkpoint_steps(root):
-        if s > step:
-            shutil.rmtree(old, ignore_errors=True)
     steps = checkpoint_steps(root)
-    for _, old in steps[: max(0, len(steps) - keep)]:
+    earlier_run = [old for s, old in steps if s > step]
+    this_run = [old for s, old in steps if s <= step]
+    for old in earlier_run + this_run[: max(0, len(this_run) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     # What a process killed inside an earlier write left (never read: hidden names, see
     # checkpoint_steps); one writer per run folder, so none of these is still being written.
