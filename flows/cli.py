@@ -332,11 +332,15 @@ def prepare(
         console.print(f"skipped unreadable input: {_one_line(e)}", highlight=False, markup=False)
     console.print('try: labse sql "SELECT reason, lang, count(*) FROM corpus_rejects GROUP BY ALL ORDER BY 3 DESC"')
     if append and s.get("clean_new", 0):
-        from flows.deployments import emit_data_landed
+        from flows.deployments import EmitError, emit_data_landed
 
         # scheduled-retrain's trigger (labse serve); nothing to tell without a Prefect server.
-        if emit_data_landed(layout, [str(i.path) for i in specs], "labse prepare --append"):
-            console.print("emitted: new data landed (scheduled-retrain is triggered where labse serve runs)")
+        try:
+            if emit_data_landed(layout, [str(i.path) for i in specs], "labse prepare --append"):
+                console.print("emitted: new data landed, taken by the Prefect server (it triggers scheduled-retrain)")
+        except EmitError as e:
+            # The pairs are published either way; only the trigger is lost (the next scheduled run trains on them).
+            sys.stderr.write(f"warning: emit failed: new data landed not taken by the Prefect server: {_one_line(e)}\n")
 
 
 @app.command()

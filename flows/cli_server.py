@@ -1,7 +1,7 @@
 """`labse server up|down|status`, `labse serve` and `labse pull`: the platform as a service.
 
     labse server up [--host H] [--prefect-port P] [--mlflow-port M]   local Prefect + MLflow servers
-    labse server status                                               their URLs, alive or not
+    labse server status                                               their URLs, alive or not, scheduler health
     labse server down                                                 stop them
     labse serve [--cron "0 3 * * *"] [--inbox DIR]                    register + serve the deployments
     labse pull models:/labse@champion --out DIR                       a registered model -> a folder
@@ -71,7 +71,8 @@ def server_down() -> None:
 
 @server_app.command("status")
 def server_status() -> None:
-    """Show this home's servers: URL, pid, whether they answer (exit 1 when one is down)."""
+    """Show this home's servers: URL, pid, whether they answer, and whether Prefect's scheduler creates runs
+    (the last scheduled run, or its last error in the server log); exit 1 when anything is down or failing."""
     from flows import server
     from storage.layout import Layout
 
@@ -84,6 +85,13 @@ def server_status() -> None:
         state = "up" if healthy else "starting" if alive else "down"
         ok &= healthy
         console.print(f"{name:<8} {state:<9} {info.url}  (pid {info.pid}, log {info.log})")
+        if name == "prefect" and healthy:
+            try:
+                sched = server.scheduler_health(info)
+            except OSError as e:
+                sched = server.SchedulerHealth(False, f"unknown: the API did not answer ({e})")
+            ok &= sched.healthy
+            console.print(f"{'':<8} scheduler {sched.line}")
     if not ok:
         raise typer.Exit(1)
 
@@ -110,13 +118,19 @@ def pull(
 
 
 def serve(
-    cron: Annotated[str, typer.Option(help="Schedule of scheduled-retrain (cron, server time zone UTC).")] = "0 3 * * *",
+    cron: Annotated[str, typer.Option(help="Schedule of scheduled-retrain (five-field cron, in --timezone).")] = "0 3 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of --cron (IANA name).")] = "UTC",
     inbox: Annotated[Path | None, typer.Option(help="Folder watched for new corpus files (default LABSE_HOME/inbox).")] = None,
     poll_s: Annotated[float, typer.Option(min=0.5, help="How often the inbox is checked, seconds.")] = 10.0,
+    retrain_config: Annotated[Path | None, typer.Option(
+        help="JSON file of scheduled-retrain's settings (RetrainConfig: prepare, shard, finetune, evaluate, ...); "
+             "default: its built-in ones.")] = None,
 ) -> None:
     """Register the deployments (labse-pipeline, one per stage, scheduled-retrain) with the Prefect server and
     run them here until Ctrl-C; a file dropped into the inbox emits "new data landed"."""
     import os
+
+    from pydantic import ValidationError
 
     from flows import deployments
     from storage.layout import Layout
@@ -124,8 +138,22 @@ def serve(
     if not os.environ.get("PREFECT_API_URL"):
         _fail("labse serve needs a Prefect server (schedules and triggers do not run in-process): "
               "run `labse server up` first, or set PREFECT_API_URL")
+    retrain = None
+    if retrain_config is not None:
+        from flows.stage_flows import RetrainConfig
+
+        try:
+            retrain = RetrainConfig.model_validate_json(retrain_config.read_text(encoding="utf-8"))
+        except OSError as e:
+            _fail(f"--retrain-config {retrain_config}: {e.strerror or e}")
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            _fail(f"--retrain-config {retrain_config}: {where}: {err['msg']}")
     layout = Layout.from_env()
     try:
-        deployments.serve_all(layout, cron=cron, inbox=inbox, poll_s=poll_s, announce=console.print)
-    except ValueError as e:
+        deployments.check_schedule(cron, timezone)
+        deployments.serve_all(layout, cron=cron, timezone=timezone, inbox=inbox, poll_s=poll_s, retrain=retrain,
+                              announce=console.print)
+    except (ValueError, OSError) as e:
         _fail(e)

@@ -51,6 +51,8 @@ class ServerInfo:
     api_url: str
     """What clients are given: ``PREFECT_API_URL`` / ``MLFLOW_TRACKING_URI``."""
     log: str
+    log_offset: int = 0
+    """Where this server's part of its log begins (the log is appended to across restarts)."""
 
     def alive(self) -> bool:
         return pid_alive(self.pid)
@@ -165,6 +167,7 @@ def up(layout: Layout, *, host: str = DEFAULT_HOST, prefect_port: int = DEFAULT_
         if not port_free(host, ports[name]):
             raise ServerError(f"{name}: port {ports[name]} on {host} is in use; pick another with --{name}-port")
         log = rd / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
         env = os.environ.copy() | extra
         env.pop("PREFECT_API_URL", None)  # the server is the API; a client setting must not leak in
         with log.open("ab") as out:
@@ -172,7 +175,7 @@ def up(layout: Layout, *, host: str = DEFAULT_HOST, prefect_port: int = DEFAULT_
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     cwd=layout.home, start_new_session=True)
         (rd / f"{name}.pid").write_text(f"{proc.pid}\n")
-        servers[name] = ServerInfo(name, proc.pid, url, api_url, str(log))
+        servers[name] = ServerInfo(name, proc.pid, url, api_url, str(log), offset)
         started.append(name)
     _write(layout, servers)
     deadline = time.monotonic() + timeout_s
@@ -236,3 +239,83 @@ def status(layout: Layout) -> dict[str, tuple[ServerInfo, bool, bool]]:
         health = info.api_url.rstrip("/") + "/health"
         out[name] = (info, info.alive(), _healthy(health))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Is the Prefect server's scheduler working? (A server whose scheduler fails on every cycle still answers
+# its health check; its only traces are the runs it does not create and the errors in its log.)
+
+SCHEDULER_SERVICES = ("schedule_recent_deployments", "schedule_deployments", "scheduler")
+
+
+@dataclass(frozen=True)
+class SchedulerHealth:
+    healthy: bool
+    line: str
+    """One line for the user: the last scheduled run the server created, or why the scheduler is failing."""
+
+
+def _api(api_url: str, path: str, body: object) -> object:
+    req = urllib.request.Request(api_url.rstrip("/") + path, method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 (the home's own server)
+        return json.loads(r.read() or b"null")
+
+
+def last_scheduler_error(log: Path, since: int = 0) -> tuple[str, str, int] | None:
+    """(time of day, exception line, failed cycles) of the scheduler's newest error in the server log after
+    byte ``since``, or None. Prefect logs a failed scheduler cycle as an ERROR line naming the service,
+    then the traceback, whose last line is the exception."""
+    try:
+        with log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    last, count, reading = None, 0, False
+    for line in lines:
+        if "| ERROR" in line and any(s in line for s in SCHEDULER_SERVICES):
+            count += 1
+            last, reading = (line.split(" ", 1)[0], ""), True
+        elif reading and line and not line[0].isspace() and not line.startswith("Traceback") and ":" in line:
+            last, reading = (last[0], line.strip()), False
+    return None if last is None else (last[0], last[1] or "see the server log", count)
+
+
+def _local_time_of_day(iso: str) -> str:
+    """An API timestamp as the server log writes times: local HH:MM:SS.mmm."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S.%f")[:12]
+
+
+def scheduler_health(info: ServerInfo, since: int | None = None) -> SchedulerHealth:
+    """The scheduler's state from the server itself: its active schedules, the newest run it created from a
+    schedule, and its newest error in the log (``since``: where this server's part of the log begins)."""
+    deployments = _api(info.api_url, "/deployments/filter", {"limit": 200}) or []
+    runs = _api(info.api_url, "/flow_runs/filter",
+                {"flow_runs": {"created_by": {"type_": ["SCHEDULE"]}}, "limit": 200}) or []
+    error = last_scheduler_error(Path(info.log), info.log_offset if since is None else since)
+    return judge_scheduler(deployments, runs, error, info.log)
+
+
+def judge_scheduler(deployments: list[dict], runs: list[dict], error: tuple[str, str, int] | None,
+                    log: str) -> SchedulerHealth:
+    """Healthy unless the log's newest scheduler error is later than the newest run a schedule created."""
+    newest = max(runs, key=lambda r: r["created"], default=None)
+    if error is not None:
+        when, what, count = error
+        # A run created after the error (log times are local): the scheduler recovered since.
+        created = _local_time_of_day(newest["created"]) if newest else ""
+        if not created or created < when:
+            return SchedulerHealth(False, f"failing: {count} failed cycle{'s' * (count > 1)} in {log}, the last at "
+                                          f"{when}: {what}")
+    if newest is not None:
+        names = {d["id"]: d["name"] for d in deployments}
+        return SchedulerHealth(True, f"ok: last scheduled run {newest['name']} ({names.get(newest['deployment_id'], '?')}) "
+                                     f"created {newest['created'][:19]} for {newest['expected_start_time'][:19]} UTC")
+    scheduled = [d["name"] for d in deployments if any(s.get("active") for s in d.get("schedules") or [])]
+    if scheduled:
+        return SchedulerHealth(True, f"no scheduled run yet ({len(scheduled)} active schedule(s): {', '.join(scheduled)}); "
+                                     "no scheduler error in the log")
+    return SchedulerHealth(True, "no active schedule (labse serve registers scheduled-retrain)")

@@ -15,6 +15,7 @@ languages); otherwise why not is recorded on the version (``not_promoted_reason`
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -284,6 +285,27 @@ class RetrainConfig(BaseModel):
     alias: str = Field("champion", description="The alias the new version must win.")
 
 
+def _drop_returned_failure_traceback(record: logging.LogRecord) -> bool:
+    """Prefect's engine logs a traceback into its own internals ("Engine execution exited with unexpected
+    exception", ``FailedRun``) after a flow *returns* a Failed state; that failure is already said in one line
+    (the state's message). Tracebacks of exceptions a flow raises are kept."""
+    from prefect.exceptions import FailedRun
+
+    return not (record.exc_info and isinstance(record.exc_info[1], FailedRun))
+
+
+def _retrain_failed(reason: str):
+    """A scheduled-retrain run that cannot start: one error line in its log, the reason as its Prefect state
+    message and on its MLflow run (FAILED), no traceback and no retry (the next scheduled run checks again)."""
+    from prefect.states import Failed
+
+    logging.getLogger("prefect.flow_runs").addFilter(_drop_returned_failure_traceback)
+    get_run_logger().error("scheduled-retrain: %s", reason)
+    mlflow.set_tag("retrain.failed_reason", reason)
+    mlflow.end_run(status="FAILED")
+    return Failed(message=f"scheduled-retrain: {reason}")
+
+
 @flow(name="scheduled-retrain", log_prints=True)
 def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # noqa: B008
     """Incremental prepare of new data, fine-tune from the champion, evaluate, promote only if better."""
@@ -296,8 +318,16 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
     stages: list[StageSummary] = []
     cached: list[str] = []
     with run:
+        champion_uri = f"models:/{config.registered_model}@{config.alias}"
         inbox = config.inbox or inbox_dir(layout)
         files = sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")) if inbox.is_dir() else []
+        try:
+            init = resolve_init(champion_uri, layout)
+        except ValueError as e:
+            return _retrain_failed(f"nothing to warm-start from: {e}; make a champion first (labse demo, or labse "
+                                   f"pipeline with registered_model={config.registered_model!r})")
+        if not files and not layout.dataset_dir(CLEAN_PAIRS.relpath).is_dir():
+            return _retrain_failed(f"nothing to train on: no corpus_clean in {layout.lake} and no file in {inbox}")
         if files:
             prep = config.prepare.model_copy(update={"inputs": [InputSpec(path=p, langs=config.langs) for p in files],
                                                      "mode": "append"})
@@ -310,15 +340,11 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
             for p in files:
                 shutil.move(str(p), done / p.name)
             logger.info("prepared %d inbox file(s) into corpus_clean; moved to %s", len(files), done)
-        elif not layout.dataset_dir(CLEAN_PAIRS.relpath).is_dir():
-            raise ValueError(f"no corpus_clean in {layout.lake} and no file in {inbox}: nothing to train on")
         shard_cfg = held_out_for(config.shard, config.finetune)
         out, c = _one(shard_stage, "shard", shard_cfg, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
                       lambda r: list(_SHARDS), shard_cfg, pid)
         stages += out
         cached += c
-        champion_uri = f"models:/{config.registered_model}@{config.alias}"
-        init = resolve_init(champion_uri, layout)
         (fine, eval_pairs), c = _one(finetune_stage, "finetune", config.finetune,
                                      _stage_inputs(layout, *_SHARDS, sc.VOCAB, sc.folder(init), init_from=init),
                                      lambda r: [sc.folder(r[0].path)], config.finetune, pid, init)

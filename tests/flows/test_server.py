@@ -1,159 +1,163 @@
-"""The platform as a service, for real: `labse server up` starts a Prefect server and an MLflow server (SQLite
-under a temporary LABSE_HOME), `labse serve` registers and serves the deployments, a flow run created
-through the Prefect REST API (what the UI's "Run" button does) completes and shows up in MLflow, a file
-dropped into the inbox fires "new data landed" and scheduled-retrain gets a flow run, the schedule stays
-active after `labse serve` stops, and `labse server down` stops both servers."""
+"""The platform as a service, for real: `labse server up` starts a Prefect server and an MLflow server (SQLite under
+a temporary LABSE_HOME), `labse serve` registers and serves the deployments. A flow run created through the
+Prefect REST API (what the UI's "Run" button does) completes and shows up in MLflow; with a schedule that
+cannot fire during the test, a file dropped into the inbox starts exactly one scheduled-retrain run, created by
+the server's automation; an emit the server does not take is said and retried; `labse prepare --append` tells
+the server too; the schedule stays active after `labse serve` stops; `labse server down` stops both servers.
+The cron schedule itself: tests/flows/test_server_schedule.py and test_server_retrain.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
+from datetime import UTC, datetime
 
 import pytest
 
-from flows.server import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-CATALOG = Path("/usr/share/locale/de/LC_MESSAGES/coreutils.mo")
+from tests.flows.served import CATALOG, api, labse, platform, wait_for
 
 
-def api(base: str, method: str, path: str, body: object | None = None) -> object:
-    """One REST call; 503/429 (SQLite busy while `labse serve` registers deployments) are retried, as
-    Prefect's own client does."""
-    for attempt in range(8):
-        req = urllib.request.Request(base + path, method=method, headers={"Content-Type": "application/json"},
-                                     data=None if body is None else json.dumps(body).encode())
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (localhost)
-                text = r.read()
-            return json.loads(text) if text else None
-        except urllib.error.HTTPError as e:
-            if e.code not in (429, 503) or attempt == 7:
-                raise
-            time.sleep(1 + attempt)
-
-
-def labse(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def wait_for(what: str, check, timeout: float, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
+def _cron_far_from_now() -> str:
+    """A daily schedule 12 hours away: it cannot fire while this module runs."""
+    now = datetime.now(UTC)
+    return f"{now.minute} {(now.hour + 12) % 24} * * *"
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    if not CATALOG.is_file():
-        pytest.skip(f"{CATALOG} is missing")
-    home = tmp_path_factory.mktemp("served")
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    env |= {"LABSE_HOME": str(home), "PREFECT_HOME": str(home / "prefect"), "OMP_NUM_THREADS": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TQDM_DISABLE": "1"}
-    pport, mport = free_port(), free_port()
-    up = labse(env, "server", "up", "--prefect-port", str(pport), "--mlflow-port", str(mport))
-    try:
-        assert up.returncode == 0, up.stderr + up.stdout
-        assert f"http://127.0.0.1:{pport}" in up.stdout and f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mport}" in up.stdout
-        log = home / "serve.log"
-        with log.open("w") as out:
-            serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *", "--poll-s", "1"],
-                                     env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        yield {"home": home, "env": env, "prefect": f"http://127.0.0.1:{pport}/api", "mlflow": f"http://127.0.0.1:{mport}",
-               "serve": serve, "log": log}
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            serve.wait(30)
-    finally:
-        down = labse(env, "server", "down", timeout=60)
-        assert down.returncode == 0, down.stderr
+def served(tmp_path_factory):
+    with platform(tmp_path_factory.mktemp("served")) as p:
+        p.cron = _cron_far_from_now()
+        p.start_serving("--cron", p.cron)
+        yield p
 
 
-def deployment(p, name: str) -> dict:
-    def get():
-        try:
-            return api(p["prefect"], "GET", f"/deployments/name/{name}")
-        except OSError:
-            return None
-    return wait_for(f"deployment {name}", get, 120, p["log"])
+@pytest.fixture(autouse=True)
+def clean_server_logs(served):
+    yield
+    served.assert_server_logs_clean()
 
 
-def test_ui_style_run_completes_and_lands_in_mlflow(platform):
+def _by_automation(served) -> list[dict]:
+    dep = served.deployment("scheduled-retrain/scheduled-retrain")
+    return served.runs(dep["id"], created_by={"type_": ["AUTOMATION"]})
+
+
+def _started(served) -> list[dict]:
+    """scheduled-retrain runs that left the Scheduled state (whoever created them)."""
+    dep = served.deployment("scheduled-retrain/scheduled-retrain")
+    return [r for r in served.runs(dep["id"]) if r["state"]["type"] != "SCHEDULED"]
+
+
+def test_ui_style_run_completes_and_lands_in_mlflow(served):
     from mlflow import MlflowClient
 
-    status = labse(platform["env"], "server", "status", timeout=60)
+    status = labse(served.env, "server", "status", timeout=60)
     assert status.returncode == 0 and status.stdout.count(" up ") == 2, status.stdout
-    deployment(platform, "scheduled-retrain/scheduled-retrain")  # the last one `labse serve` registers
-    dep = deployment(platform, "labse-ingest/labse-ingest")
+    assert "scheduler ok" in status.stdout or "scheduler no scheduled run yet" in status.stdout, status.stdout
+    dep = served.deployment("labse-ingest/labse-ingest")
     params = {"config": {"locale_roots": [], "paths": [str(CATALOG)], "languages": ["de"],
                          "beam": {"num_workers": 1, "running_mode": "in_memory"}}}
-    run = api(platform["prefect"], "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
+    run = api(served.prefect, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": params})
 
     def finished():
-        state = api(platform["prefect"], "GET", f"/flow_runs/{run['id']}")["state"]["type"]
-        assert state not in ("FAILED", "CRASHED", "CANCELLED"), platform["log"].read_text()[-4000:]
+        state = served.run(run["id"])["state"]["type"]
+        assert state not in ("FAILED", "CRASHED", "CANCELLED"), served.log.read_text()[-4000:]
         return state == "COMPLETED"
-    wait_for("the ingest flow run", finished, 180, platform["log"])
+    wait_for("the ingest flow run", finished, 180, served.log)
 
-    client = MlflowClient(tracking_uri=platform["mlflow"])
+    client = MlflowClient(tracking_uri=served.mlflow)
     exp = client.get_experiment_by_name("labse")
     runs = client.search_runs([exp.experiment_id], f"tags.prefect_flow_run_id = '{run['id']}'")
     assert [r.info.run_name for r in runs] == ["labse-ingest"] and runs[0].info.status == "FINISHED"
     child = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{runs[0].info.run_id}'")
     assert [c.info.run_name for c in child] == ["ingest"] and child[0].data.metrics["rows"] > 100
-    artifacts = api(platform["prefect"], "POST", "/artifacts/filter",
-                    {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    artifacts = api(served.prefect, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     assert any("labse-ingest" in (a.get("description") or "") + (a.get("key") or "") + str(a.get("data"))
                for a in artifacts)
 
 
-def test_new_data_in_the_inbox_triggers_scheduled_retrain(platform):
-    dep = deployment(platform, "scheduled-retrain/scheduled-retrain")
-    assert [s["schedule"].get("cron") for s in dep["schedules"]] == ["0 3 * * *"]
-    wait_for("the inbox watcher", lambda: "serving" in platform["log"].read_text(), 60, platform["log"])
-    (platform["home"] / "inbox" / "new.en-de.tsv").write_text("Open file\tDatei öffnen\n", encoding="utf-8")
+def test_a_file_in_the_inbox_starts_exactly_one_run_created_by_the_automation(served):
+    dep = served.deployment("scheduled-retrain/scheduled-retrain")
+    assert [s["schedule"].get("cron") for s in dep["schedules"]] == [served.cron]
+    assert _by_automation(served) == [] and _started(served) == []
+    (served.home / "inbox" / "new.en-de.tsv").write_text("Open file\tDatei öffnen\n", encoding="utf-8")
 
-    def retrain_runs():
-        return api(platform["prefect"], "POST", "/flow_runs/filter",
-                   {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
-    runs = wait_for("a scheduled-retrain flow run", retrain_runs, 90, platform["log"])
-    assert "new data landed" in platform["log"].read_text()
-    assert all(r["deployment_id"] == dep["id"] for r in runs)
-
-    serve = platform["serve"]
-    os.killpg(serve.pid, signal.SIGTERM)
-    serve.wait(30)
-    after = api(platform["prefect"], "GET", f"/deployments/{dep['id']}")
-    assert after["paused"] is False  # pause_on_shutdown=False: the schedule outlives labse serve
+    runs = wait_for("a scheduled-retrain run from the event", lambda: _by_automation(served), 90, served.log)
+    wait_for("labse serve's line", lambda: "taken by the Prefect server" in served.log.read_text(), 30, served.log)
+    assert "new data landed in" in served.log.read_text() and "emit failed" not in served.log.read_text()
+    wait_for("the run to finish", lambda: served.run(runs[0]["id"])["state"]["type"] in ("COMPLETED", "FAILED"), 120,
+             served.log)
+    # Exactly one: the automation created it (not the schedule, which cannot fire now) and nothing else ran.
+    assert len(_by_automation(served)) == 1 and [r["id"] for r in _started(served)] == [runs[0]["id"]]
+    automation = api(served.prefect, "GET", f"/automations/{runs[0]['created_by']['id']}")
+    assert automation["name"] == "new data landed"
 
 
-def test_prepare_append_emits_new_data_landed(platform, tmp_path):
-    """`labse prepare --append` with new clean pairs tells the server; the trigger creates a scheduled-retrain
-    run (server-side: it needs no `labse serve`, which the previous test stopped)."""
-    dep = deployment(platform, "scheduled-retrain/scheduled-retrain")
+def test_an_emit_the_server_does_not_take_is_said_and_retried_until_taken(served):
+    """The Prefect server frozen (SIGSTOP: it neither answers nor refuses) when a file lands: `labse serve`
+    says the emit failed, retries with the same event, and once the server answers exactly one run starts."""
+    before = {r["id"] for r in _by_automation(served)}
+    pid = int((served.home / "run" / "prefect.pid").read_text())
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        (served.home / "inbox" / "later.en-de.tsv").write_text("Close file\tDatei schließen\n", encoding="utf-8")
+        wait_for("labse serve to say the emit failed", lambda: "emit failed" in served.log.read_text(), 60, served.log)
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    line = next(ln for ln in served.log.read_text().splitlines() if "emit failed" in ln)
+    assert "later.en-de.tsv" in line and "retrying" in line
+    wait_for("the retried emit to be taken", lambda: "later.en-de.tsv: event" in served.log.read_text(), 90, served.log)
+    assert "failed attempt" in next(ln for ln in served.log.read_text().splitlines() if "later.en-de.tsv: event" in ln)
+    new = wait_for("the run from the retried event",
+                   lambda: [r for r in _by_automation(served) if r["id"] not in before], 90, served.log)
+    wait_for("the run to finish", lambda: served.run(new[0]["id"])["state"]["type"] in ("COMPLETED", "FAILED"), 120,
+             served.log)
+    assert len(_by_automation(served)) == len(before) + 1
 
-    def retrain_runs():
-        return api(platform["prefect"], "POST", "/flow_runs/filter",
-                   {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
-    before = len(retrain_runs())
+
+def test_prepare_append_emits_new_data_landed(served, tmp_path):
+    """`labse prepare --append` with new clean pairs tells the server, which starts a scheduled-retrain run."""
+    before = len(_by_automation(served))
     tsv = tmp_path / "more.tsv"
     tsv.write_text("Save the document\tDas Dokument speichern\nClose the window\tDas Fenster schließen\n"
                    "Print the page\tDie Seite drucken\n", encoding="utf-8")
-    res = labse(platform["env"], "prepare", "--append", "--no-raw", "-i", str(tsv), "--langs", "en,de")
+    res = labse(served.env, "prepare", "--append", "--no-raw", "-i", str(tsv), "--langs", "en,de")
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "emitted: new data landed" in res.stdout, res.stdout
-    wait_for("a scheduled-retrain run from the event", lambda: len(retrain_runs()) > before, 60, platform["log"])
+    assert "emitted: new data landed, taken by the Prefect server" in res.stdout, res.stdout
+    wait_for("a scheduled-retrain run from the event", lambda: len(_by_automation(served)) == before + 1, 60, served.log)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--cron", "61 * * *"], "--cron '61 * * *': Invalid cron string"),
+    (["--cron", "0 3 * * *", "--timezone", "Mars/Olympus"], "--timezone 'Mars/Olympus': not a known time zone"),
+    (["--inbox", "FILE"], "is a file, not a folder"),
+    (["--retrain-config", "BADJSON"], "--retrain-config"),
+    (["--retrain-config", "UNKNOWN"], "finetune.max_stepz: Extra inputs are not permitted"),
+])
+def test_bad_serve_settings_are_one_line_and_register_nothing(served, tmp_path, args, says):
+    dep = served.deployment("scheduled-retrain/scheduled-retrain")
+    files = {"FILE": tmp_path / "inbox.txt", "BADJSON": tmp_path / "bad.json", "UNKNOWN": tmp_path / "unknown.json"}
+    files["FILE"].write_text("not a folder")
+    files["BADJSON"].write_text('{"finetune": ')
+    files["UNKNOWN"].write_text('{"finetune": {"max_stepz": 3}}')
+    res = labse(served.env, "serve", *[str(files.get(a, a)) for a in args], timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    after = served.deployment("scheduled-retrain/scheduled-retrain")
+    assert after["updated"] == dep["updated"] and after["schedules"] == dep["schedules"]  # nothing registered
+
+
+def test_a_port_in_use_is_one_line(served, tmp_path):
+    env = served.env | {"LABSE_HOME": str(tmp_path / "other"), "PREFECT_HOME": str(tmp_path / "other" / "prefect")}
+    port = served.prefect.split(":")[2].split("/")[0]
+    res = labse(env, "server", "up", "--prefect-port", port, "--mlflow-port", "1", timeout=60)
+    assert res.returncode == 2 and res.stderr == f"error: prefect: port {port} on 127.0.0.1 is in use; pick another with --prefect-port\n", res.stderr
+
+
+def test_the_schedule_outlives_labse_serve(served):
+    dep = served.deployment("scheduled-retrain/scheduled-retrain")
+    served.stop_serving()
+    after = api(served.prefect, "GET", f"/deployments/{dep['id']}")
+    assert after["paused"] is False  # pause_on_shutdown=False: the schedule outlives labse serve
+    assert [s["schedule"]["cron"] for s in after["schedules"] if s["active"]] == [served.cron]
