@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.counters import counters
 from beam_jobs.failures import stage_failures
+from beam_jobs.io import WriteValue, sorted_lines
 from beam_jobs.options import BeamConfig
 from labse_core import langcodes
 from labse_core.gettext_catalog import CatalogError, catalog_pairs, locale_from_path, read_catalog
@@ -262,27 +263,27 @@ def _run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None, producer:
         raise IngestError(f"catalog {again[0]}{more} is already in corpus_raw: appending it again would duplicate "
                           "its pairs; --replace reads everything anew")
     groups = plan_files(refs, cfg.rows_per_file)
-    writer = DatasetWriter(layout, RAW_PAIRS, run_id).begin()
-    errors_path = writer.staging.parent / f".errors-{writer.run_id}.txt"
-    kept_rows = 0
-    try:
-        if cfg.mode == "append" and old is not None:
-            kept_rows = _keep_old_files(layout, old, writer.staging)
+    with DatasetWriter(layout, RAW_PAIRS, run_id) as writer:
+        errors_path = writer.staging.parent / f".errors-{writer.run_id}.txt"
+        kept_rows = _keep_old_files(layout, old, writer.staging) if cfg.mode == "append" and old is not None else 0
         tag = writer.run_id[:8] if kept_rows else ""
-        with cfg.beam.pipeline() as p:
-            out = (
-                p
-                | "PlannedFiles" >> beam.Create(groups, reshuffle=True)
-                | "ParseAndWrite"
-                >> beam.ParDo(_ParseAndWriteFn(cfg, str(writer.staging), tag)).with_outputs(_ParseAndWriteFn.ERRORS, main="files")
-            )
-            _ = (
-                out[_ParseAndWriteFn.ERRORS]
-                | "CollectErrors" >> beam.combiners.ToList()  # malformed files only: small
-                | "WriteErrors" >> beam.Map(lambda errs, path=str(errors_path): Path(path).write_text("\n".join(sorted(errs))))
-            )
+        try:
+            with cfg.beam.pipeline() as p:
+                out = (
+                    p
+                    | "PlannedFiles" >> beam.Create(groups, reshuffle=True)
+                    | "ParseAndWrite"
+                    >> beam.ParDo(_ParseAndWriteFn(cfg, str(writer.staging), tag)).with_outputs(_ParseAndWriteFn.ERRORS, main="files")
+                )
+                _ = (
+                    out[_ParseAndWriteFn.ERRORS]
+                    | "CollectErrors" >> beam.combiners.ToList()  # malformed files only: small
+                    | "WriteErrors" >> WriteValue(errors_path, sorted_lines)
+                )
+            errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
+        finally:
+            errors_path.unlink(missing_ok=True)
         stats = dict(driver_stats) | counters(p.result, NAMESPACE)
-        errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
         if errors and not cfg.skip_bad_catalogs:
             more = f" (and {len(errors) - 1} more malformed catalogs)" if len(errors) > 1 else ""
             raise IngestError(f"malformed catalog: {errors[0]}{more}")
@@ -291,17 +292,13 @@ def _run(cfg: GettextIngestConfig, layout: Layout, run_id: str | None, producer:
             raise IngestError(f"every catalog was malformed, nothing published: {errors[0]}{more}")
         stats["malformed_catalogs"] = len(errors)
         stats["rows_kept_from_previous_version"] = kept_rows
-        manifest = writer.publish(
+        manifest = writer.stage(
             producer={"stage": "ingest", "run_id": writer.run_id, **(producer or {}), "config": cfg.model_dump(mode="json")},
             stats=stats | {"malformed_catalog_errors": errors},
             expected_rows=stats.get("pairs", 0) + kept_rows,
             replace_empty=cfg.replace_empty,
         )
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        errors_path.unlink(missing_ok=True)
+    # published when the `with` block ends
     return IngestResult(
         manifest=manifest, stats=stats, errors=errors, seconds=time.perf_counter() - t0, catalogs=len(refs),
         replaced_rows=writer.replaced_rows,

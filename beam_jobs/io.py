@@ -1,4 +1,5 @@
-"""Beam transforms between the lake's Parquet datasets and PCollections of row dicts.
+"""Beam transforms between the lake's Parquet datasets and PCollections of row dicts (or Arrow tables),
+and ``WriteValue``, the sink for a stage's small driver-side results (error lists, counts).
 
 ``WritePartitionedRows`` is a hive-partitioned Parquet sink built like Beam's own file sinks:
 
@@ -8,8 +9,8 @@
    largest one whenever all buffers together hold ``max_buffered_rows``, which bounds a worker's memory;
 2. only the names emitted by *committed* bundles reach the single commit step, which records them
    (``_attempts/_commit.json``, atomically; running it again rewrites the list);
-3. the caller publishes the staging folder with ``storage.datasets.DatasetWriter.publish``, which on
-   the driver moves the recorded files into ``<staging>/<col>=<value>/part-NNNNN.parquet`` and deletes
+3. the caller stages the folder with ``storage.datasets.DatasetWriter.stage`` (then publishes it), which
+   on the driver moves the recorded files into ``<staging>/<col>=<value>/part-NNNNN.parquet`` and deletes
    the rest (attempts of bundles that failed and ran again). Rows are therefore published exactly once,
    on runners that retry bundles or re-execute branches (the Dask runner) as on the direct runner.
 """
@@ -28,7 +29,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from labse_core.faults import maybe_die
 from storage.datasets import ATTEMPTS, apply_commit, attempt_name, partition_path, record_commit
-from storage.io import write_parquet
+from storage.io import write_bytes_atomic, write_parquet
 from storage.schemas import DatasetSpec
 
 
@@ -85,7 +86,7 @@ class _BufferedWriteFn(beam.DoFn):
 
 def commit_attempts(infos: list[dict], staging: str) -> int:
     """Record the committed attempts and move them into their partitions now (the two halves of
-    ``record_commit`` + ``DatasetWriter.publish``, for callers outside a pipeline). Returns rows committed."""
+    ``record_commit`` + ``DatasetWriter.stage``, for callers outside a pipeline). Returns rows committed."""
     record_commit(infos, staging)
     return apply_commit(Path(staging))
 
@@ -117,7 +118,7 @@ class WritePartitionedRows(beam.PTransform):
             >> beam.ParDo(_BufferedWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows,
                                            self.fault_point))
             | "CollectFileNames" >> beam.combiners.ToList()  # names and counts only
-            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
+            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied on the driver by DatasetWriter.stage()
         )
 
 
@@ -220,5 +221,36 @@ class WritePartitionedTables(WritePartitionedRows):
             >> beam.ParDo(_BufferedTableWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows,
                                                 self.fault_point))
             | "CollectFileNames" >> beam.combiners.ToList()
-            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied by publish()
+            | "Commit" >> beam.Map(record_commit, staging=staging)  # applied on the driver by DatasetWriter.stage()
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# One small value for the driver
+
+
+def sorted_lines(values: list[str]) -> str:
+    """``WriteValue`` rendering of a list of messages: sorted, one per line."""
+    return "\n".join(sorted(values))
+
+
+class _WriteValueFn(beam.DoFn):
+    def __init__(self, path: str, render):
+        self.path, self.render = path, render
+
+    def process(self, value):
+        # atomic: a task that runs twice (the Dask runner) rewrites the file whole
+        write_bytes_atomic(self.path, self.render(value).encode())
+
+
+class WriteValue(beam.PTransform):
+    """A PCollection of exactly one element (a ``ToList``/``ToDict`` result) -> ``render(element)``
+    written to ``path``, for the driver to read after the pipeline: how a stage gets its unreadable
+    inputs or per-language counts back. ``render`` must be a module-level function (pickled)."""
+
+    def __init__(self, path: str | os.PathLike[str], render=str):
+        super().__init__()
+        self.path, self.render = str(path), render
+
+    def expand(self, value):
+        return value | "Write" >> beam.ParDo(_WriteValueFn(self.path, self.render))

@@ -11,13 +11,13 @@ import os
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DASK_RUNNERS = ("dask", "DaskRunner")
 
 
 def is_dask(runner: str) -> bool:
-    """``dask``/``DaskRunner``: our fixed Dask runner (``beam_jobs.dask_runner``), not Beam's own."""
+    """``dask``/``DaskRunner``: our fixed Dask runner (``beam_jobs/runners/dask``), not Beam's own."""
     return runner in DASK_RUNNERS
 
 
@@ -26,7 +26,7 @@ class BeamConfig(BaseModel):
 
     runner: str = Field(
         "DirectRunner",
-        description="Beam runner: DirectRunner, dask (beam_jobs.dask_runner), FlinkRunner, SparkRunner, DataflowRunner.",
+        description="Beam runner: DirectRunner, dask (beam_jobs/runners/dask), FlinkRunner, SparkRunner, DataflowRunner.",
     )
     num_workers: int = Field(
         default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)),
@@ -50,6 +50,17 @@ class BeamConfig(BaseModel):
         default_factory=list,
         description="Any other standard Beam pipeline options, passed through, e.g. ['--flink_master=host:8081'].",
     )
+
+    @field_validator("runner")
+    @classmethod
+    def _dask_needs_its_beam(cls, runner: str) -> str:
+        # Before any work: the Dask runner patches Beam internals of one Beam version (a ValueError,
+        # so the `labse` commands report it as one line, exit 2).
+        if is_dask(runner):
+            from beam_jobs.runners.dask.version import check_beam_version
+
+            check_beam_version()
+        return runner
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> BeamConfig:
@@ -81,7 +92,7 @@ class BeamConfig(BaseModel):
         import apache_beam as beam
 
         if is_dask(self.runner):
-            from beam_jobs.dask_runner import DaskRunner
+            from beam_jobs.runners.dask.runner import DaskRunner
 
             return beam.Pipeline(runner=DaskRunner(local_workers=self.num_workers), options=self.pipeline_options())
         if not (self.runner == "DirectRunner" and self.running_mode == "multi_processing"):

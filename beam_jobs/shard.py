@@ -21,6 +21,7 @@ anything is published.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
@@ -39,7 +40,7 @@ from labse_core.data.masking import make_tlm_example
 from labse_core.faults import maybe_die
 from labse_core.finetune.data import is_held_out
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
-from storage.datasets import DatasetWriter, commit, current_manifest, new_staging
+from storage.datasets import DatasetWriter, current_manifest, new_staging, publish_together
 from storage.io import atomic_path, write_json_atomic, write_parquet
 from storage.layout import Layout
 from storage.locks import lake_lock
@@ -140,6 +141,20 @@ def shard_of(text: str, num_shards: int) -> int:
     return zlib.crc32(text.encode()) % num_shards
 
 
+def key_pair_by_shard(pair: dict, num_shards: int) -> tuple[int, dict]:
+    return shard_of(f"{pair['tgt_lang']}\t{pair['src_text']}\t{pair['tgt_text']}", num_shards), pair
+
+
+def key_sentence_by_shard(sentence: tuple[str, str], num_shards: int) -> tuple[int, tuple[str, str]]:
+    lang, text = sentence
+    return shard_of(f"{lang}\t{text}", num_shards), sentence
+
+
+def both_sides(batch: list[dict]) -> list[tuple[str, str]]:
+    """A batch of clean rows -> its sentences as (lang, text), targets first (MLM reads both sides)."""
+    return [(r["lang"], r["tgt_text"]) for r in batch] + [(r["src_lang"], r["src_text"]) for r in batch]
+
+
 class _WritePairShardFn(beam.DoFn):
     """One shard's pairs -> pairs Parquet + TLM Parquet + TFRecord files, all with the same rows.
     File names depend only on the shard number, so a retried bundle rewrites the same files."""
@@ -219,31 +234,31 @@ def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
     files = [str(layout.dataset_dir(CLEAN_PAIRS.relpath) / f.path) for f in manifest.files]
     n_pairs = max(1, math.ceil(manifest.rows / cfg.rows_per_shard))
     n_mono = max(1, math.ceil(2 * manifest.rows / cfg.rows_per_shard))
-    writers = {spec.name: DatasetWriter(layout, spec).begin() for spec in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM)}
-    tfr_held = new_staging(layout, "tfrecord")
-    tfr_staging = tfr_held.path
-    try:
+    with contextlib.ExitStack() as stack:
+        writers = {spec.name: stack.enter_context(DatasetWriter(layout, spec)) for spec in (SHARD_PAIRS, SHARD_TLM, SHARD_MLM)}
+        tfr_held = new_staging(layout, "tfrecord")
+        stack.callback(tfr_held.remove)  # published by then, or (an error, tfrecord off) removed
+        tfr_staging = tfr_held.path
         with cfg.beam.pipeline() as p:
             rows = (p | "CleanFiles" >> beam.Create(files, reshuffle=True)
                     | "Read" >> beam.ParDo(ReadParquetBatches(2000)))
             _ = (
                 rows
                 | "TokenizePairs" >> beam.ParDo(_TokenizePairsFn(str(spm_model), cfg.max_len))
-                | "KeyByShard" >> beam.Map(lambda r: (shard_of(f"{r['tgt_lang']}\t{r['src_text']}\t{r['tgt_text']}", n_pairs), r))
+                | "KeyByShard" >> beam.Map(key_pair_by_shard, n_pairs)
                 | "GroupShards" >> beam.GroupByKey()
                 | "WritePairShards" >> beam.ParDo(_WritePairShardFn(
                     cfg, n_pairs, str(writers["shards_pairs"].staging), str(writers["shards_tlm"].staging), str(tfr_staging)))
             )
             sentences = []
             if cfg.mlm_from_pairs:
-                sentences.append(rows | "BothSides" >> beam.FlatMap(
-                    lambda batch: [(r["lang"], r["tgt_text"]) for r in batch] + [(r["src_lang"], r["src_text"]) for r in batch]))
+                sentences.append(rows | "BothSides" >> beam.FlatMap(both_sides))
             if cfg.mono_inputs:
                 sentences.append(p | "MonoFiles" >> beam.Create([str(x) for x in cfg.mono_inputs], reshuffle=True)
                                  | "ReadMono" >> beam.FlatMap(_mono))
             if sentences:
                 _ = (sentences | "AllSentences" >> beam.Flatten() | "DistinctSentences" >> beam.Distinct()
-                     | "KeyMonoByShard" >> beam.Map(lambda kv: (shard_of(f"{kv[0]}\t{kv[1]}", n_mono), kv))
+                     | "KeyMonoByShard" >> beam.Map(key_sentence_by_shard, n_mono)
                      | "GroupMonoShards" >> beam.GroupByKey()
                      | "WriteMonoShards" >> beam.ParDo(_WriteMonoShardFn(
                          str(spm_model), cfg.max_len, n_mono, str(writers["shards_mlm"].staging))))
@@ -261,28 +276,19 @@ def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
         if cfg.tfrecord and sum(tfr_counts.values()) != manifest.rows:
             raise ShardError(f"TFRecord files hold {sum(tfr_counts.values())} records, expected {manifest.rows}")
         info = {"stage": "shard", "config": cfg.model_dump(mode="json"), "vocab": str(spm_model)}
-        published, moves = {}, []
-        for name, w in writers.items():
-            if name == "shards_tlm" and not cfg.tlm or name == "shards_mlm" and not expected[name]:
-                w.abort()
-                continue
-            published[name] = w.stage(producer=info, stats=stats, expected_rows=expected[name])
-            moves.append(w.move)
+        # A writer left unstaged (TLM off, no MLM sentences) publishes nothing: its folder is removed.
+        staged = [w for name, w in writers.items()
+                  if not (name == "shards_tlm" and not cfg.tlm or name == "shards_mlm" and not expected[name])]
+        published = {w.spec.name: w.stage(producer=info, stats=stats, expected_rows=expected[w.spec.name]) for w in staged}
+        folders = []
         if cfg.tfrecord:
             write_json_atomic(tfr_staging / "_manifest.json",
                               {"records": sum(tfr_counts.values()), "files": tfr_counts, "producer": info,
                                "features": {"src_raw": "bytes", "tgt_raw": "bytes", "src_lang": "bytes",
                                             "tgt_lang": "bytes", "src_ids": "int64 list", "tgt_ids": "int64 list"}})
-            moves.append((tfr_staging, layout.tfrecords))
-        commit(layout, moves)  # every shard dataset and the TFRecord copies, or (after a crash) none
-        for w in writers.values():
-            w.done()
-        tfr_held.remove()  # with tfrecord off: the unused staging folder
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        tfr_held.remove()
-        raise
+            folders.append((tfr_staging, layout.tfrecords))
+        # every shard dataset and the TFRecord copies, or (after a crash) none
+        publish_together(layout, staged, folders)
     return ShardResult(rows={k: m.rows for k, m in published.items()},
                        files={k: len(m.files) for k, m in published.items()},
                        tfrecord_files=[str(layout.tfrecords / f.name) for f in tfr], seconds=time.perf_counter() - t0)

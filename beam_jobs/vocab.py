@@ -24,7 +24,7 @@ import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs.failures import stage_failures
-from beam_jobs.io import ReadParquetBatches
+from beam_jobs.io import ReadParquetBatches, WriteValue
 from beam_jobs.options import BeamConfig
 from labse_core import vocab as core
 from labse_core.faults import maybe_die
@@ -124,7 +124,7 @@ def _run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
             sentences = sources | "AllSentences" >> beam.Flatten() | "Distinct" >> beam.Distinct()
             counts = sentences | "CountPerLanguage" >> beam.combiners.Count.PerKey()
             _ = (counts | "CollectCounts" >> beam.combiners.ToDict()
-                 | "WriteCounts" >> beam.Map(lambda d, path=str(counts_path): Path(path).write_text(json.dumps(d))))
+                 | "WriteCounts" >> WriteValue(counts_path, json.dumps))
             _ = (
                 sentences
                 | "Rank" >> beam.Map(lambda kv: (kv[0], (_priority(seed, kv[0], kv[1]), kv[1])))

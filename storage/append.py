@@ -67,8 +67,7 @@ def append_tables(
         raise ValueError(f"run_id must be a non-empty name without '/', got {run_id!r}")
     with dataset_lock(layout, spec):
         old = current_manifest(layout, spec)
-        writer = DatasetWriter(layout, spec, run_id=f"append-{run_id}").begin()
-        try:
+        with DatasetWriter(layout, spec, run_id=f"append-{run_id}") as writer:
             old_rows = 0
             if old is not None:
                 for f in old.files:
@@ -80,10 +79,8 @@ def append_tables(
                 if path.exists():
                     raise ValueError(f"dataset {spec.name!r}: run {run_id} already wrote {path.name}")
                 new_rows += write_parquet(spec, table, path)
-            return writer.publish(producer=producer, stats=stats, expected_rows=old_rows + new_rows)
-        except BaseException:
-            writer.abort()
-            raise
+            writer.stage(producer=producer, stats=stats, expected_rows=old_rows + new_rows)
+        return writer.manifest
 
 
 def _holds_run(manifest: Manifest | None, run_id: str) -> bool:
@@ -113,8 +110,7 @@ def rewrite_run_files(
         old = current_manifest(layout, spec)
         if not _holds_run(old, run_id):
             return 0
-        writer = DatasetWriter(layout, spec, run_id=f"rewrite-{run_id}").begin()
-        try:
+        with DatasetWriter(layout, spec, run_id=f"rewrite-{run_id}") as writer:
             rewritten = 0
             for f in old.files:
                 if is_run_file(f.path, run_id):
@@ -127,8 +123,5 @@ def rewrite_run_files(
                     rewritten += write_parquet(spec, out, writer.staging / f.path)
                 else:
                     _link_or_copy(writer.final / f.path, writer.staging / f.path)
-            writer.publish(producer=producer, expected_rows=old.rows)
-            return rewritten
-        except BaseException:
-            writer.abort()
-            raise
+            writer.stage(producer=producer, expected_rows=old.rows)
+        return rewritten

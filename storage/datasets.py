@@ -1,11 +1,19 @@
 """Build a dataset in a staging folder, then publish it in one step.
 
 Writers (a Beam DoFn, a training job) put Parquet files under ``DatasetWriter.staging`` with
-``storage.io.write_parquet``; ``publish`` scans them, writes the manifest and swaps the staging
-folder into the dataset's place. Readers therefore see the old dataset or the new one, never a mix,
-and a crashed run leaves only a ``_staging/`` folder behind (``abort`` or the next run removes it).
+``storage.io.write_parquet``; ``stage`` scans them and writes the manifest, and publishing swaps the
+staging folder into the dataset's place. Readers therefore see the old dataset or the new one, never
+a mix, and a crashed run leaves only a ``_staging/`` folder behind (``abort`` or the next run removes it).
 
-A stage that publishes several datasets publishes them together with ``storage.publish.commit``:
+A writer is a context manager: a clean exit publishes what ``stage`` checked, an exception removes
+the staging folder (the previous version stays)::
+
+    with DatasetWriter(layout, CLEAN_PAIRS, run_id) as w:
+        write_parquet(CLEAN_PAIRS, table, w.file_path({"lang": "de"}, 0))
+        w.stage(producer=info, expected_rows=table.num_rows)
+    # published here
+
+A stage that publishes several datasets stages each and publishes them with ``publish_together``:
 all of them or, after a crash, none.
 """
 
@@ -74,7 +82,7 @@ def is_run_file(path: str | os.PathLike[str], run_id: str) -> bool:
 # Sinks that may run a bundle more than once (a retried bundle, a re-executed branch) write each
 # batch to ``<staging>/_attempts/<content digest>.parquet`` and, in their last step, the list of the
 # attempts that reached that step (``_attempts/_commit.json``). Only the driver turns that list into
-# part files (``apply_commit``, called by ``DatasetWriter.publish``): attempts of bundles that ran
+# part files (``apply_commit``, called by ``DatasetWriter.stage``): attempts of bundles that ran
 # again are left out and deleted, and nothing on a worker moves a file twice.
 ATTEMPTS = "_attempts"
 COMMIT_LIST = "_commit.json"
@@ -136,7 +144,14 @@ def apply_commit(staging: Path) -> int:
 
 
 class DatasetWriter:
-    """Staging area for one run's version of a dataset."""
+    """Staging area for one run's version of a dataset.
+
+    ``with DatasetWriter(...) as w:`` creates the staging folder; on a clean exit the version that
+    ``w.stage`` checked is published (unless ``publish`` or ``publish_together`` already did); on an
+    exception, or a clean exit with nothing staged, the staging folder is removed and nothing is
+    published. ``begin`` / ``publish`` / ``abort`` are the same steps for callers that cannot use
+    a ``with`` block.
+    """
 
     def __init__(self, layout: Layout, spec: DatasetSpec, run_id: str | None = None):
         self.layout = layout
@@ -146,10 +161,29 @@ class DatasetWriter:
         self.staging = layout.staging / f"{spec.name}-{self.run_id}"
         self._dir = StagingDir(self.staging)
         self.replaced_rows = 0
+        self.manifest: Manifest | None = None  # set by stage(): the checked version, ready to publish
+        self.published = False
 
     def begin(self) -> DatasetWriter:
         self._dir.create()
+        self.manifest, self.published = None, False
         return self
+
+    def __enter__(self) -> DatasetWriter:
+        return self.begin()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self.manifest is not None and not self.published:
+            try:
+                commit(self.layout, [self.move])
+            except BaseException:
+                self.abort()
+                raise
+            self.published = True
+        if self.published:
+            self.done()
+        else:
+            self.abort()  # an error, or nothing staged: the previous version stays
 
     def file_path(self, partition: dict[str, str], index: int, tag: str = "") -> Path:
         return self.staging / partition_path(self.spec, partition) / part_file_name(index, tag)
@@ -173,6 +207,7 @@ class DatasetWriter:
             )
         self.replaced_rows = check_replace(self.layout, self.spec, manifest.rows, replace_empty=replace_empty)
         write_manifest(self.staging, manifest)
+        self.manifest = manifest
         return manifest
 
     @property
@@ -197,6 +232,7 @@ class DatasetWriter:
         """
         manifest = self.stage(producer=producer, stats=stats, expected_rows=expected_rows, replace_empty=replace_empty)
         commit(self.layout, [self.move])
+        self.published = True
         self.done()
         return manifest
 
@@ -206,6 +242,19 @@ class DatasetWriter:
 
     def abort(self) -> None:
         self._dir.remove()
+
+
+def publish_together(layout: Layout, writers: list[DatasetWriter],
+                     folders: list[tuple[Path, Path]] | None = None) -> None:
+    """Publish staged writers, and other finished staging folders (``(staging, final)``, e.g. the
+    TFRecord copies), as one group: all of them or, after a crash, none (``storage.publish.commit``).
+    Each writer's ``with`` block then only lets go of its staging lock."""
+    unstaged = [w.spec.name for w in writers if w.manifest is None]
+    if unstaged:
+        raise RuntimeError(f"publish_together: {', '.join(unstaged)} not staged (call stage() first)")
+    commit(layout, [w.move for w in writers] + list(folders or []))
+    for w in writers:
+        w.published = True
 
 
 def current_manifest(layout: Layout, spec: DatasetSpec) -> Manifest | None:

@@ -122,20 +122,16 @@ class RemoteLake:
             raise RemoteLakeError(f"dataset {spec.name!r} is not in the remote lake {self.url}")
         version, manifest = cur
         fs = self.fs
-        writer = DatasetWriter(layout, spec, run_id=f"pull-{version}").begin()
-        try:
+        with DatasetWriter(layout, spec, run_id=f"pull-{version}") as writer:
             base = f"{self.dataset_root(spec)}/{VERSIONS}/{version}"
             for f in manifest.files:
                 dest = writer.staging / f.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(f"{base}/{f.path}", str(dest))
-            # The remote manifest (producer, stats) is kept; publish checks the files against it.
-            pulled = writer.publish(producer=manifest.producer, stats=manifest.stats, expected_rows=manifest.rows,
-                                    replace_empty=True)
-        except BaseException:
-            writer.abort()
-            raise
-        return pulled
+            # The remote manifest (producer, stats) is kept; stage checks the files against it.
+            writer.stage(producer=manifest.producer, stats=manifest.stats, expected_rows=manifest.rows,
+                         replace_empty=True)
+        return writer.manifest
 
     # -- reading --------------------------------------------------------------------------------
     def dataset(self, spec: DatasetSpec) -> pads.Dataset | None:

@@ -9,10 +9,12 @@ from tests.storage.test_schemas import _raw_table
 
 
 def _write_version(layout, langs_rows, expected=None):
-    w = DatasetWriter(layout, RAW_PAIRS).begin()
-    for i, (lang, n) in enumerate(langs_rows):
-        write_parquet(RAW_PAIRS, _raw_table(n), w.file_path({"lang": lang}, i))
-    return w, w.publish(producer={"stage": "test"}, stats={"seen": 3}, expected_rows=expected)
+    with DatasetWriter(layout, RAW_PAIRS) as w:
+        for i, (lang, n) in enumerate(langs_rows):
+            write_parquet(RAW_PAIRS, _raw_table(n), w.file_path({"lang": lang}, i))
+        w.stage(producer={"stage": "test"}, stats={"seen": 3}, expected_rows=expected)
+        assert current_manifest(layout, RAW_PAIRS) != w.manifest  # staged, not yet published
+    return w, w.manifest
 
 
 def test_publish_writes_manifest_whose_counts_add_up(layout):
@@ -47,6 +49,39 @@ def test_partition_values_cannot_escape_the_dataset():
         with pytest.raises(ValueError, match="invalid value"):
             partition_path(RAW_PAIRS, {"lang": bad})
     assert partition_path(RAW_PAIRS, {"lang": "sr-Latn"}) == "lang=sr-Latn"
+
+
+def test_an_error_in_the_with_block_publishes_nothing(layout):
+    _write_version(layout, [("de", 2)])
+    with pytest.raises(RuntimeError, match="the stage failed"), DatasetWriter(layout, RAW_PAIRS) as w:
+        write_parquet(RAW_PAIRS, _raw_table(1), w.file_path({"lang": "fr"}, 0))
+        w.stage(expected_rows=1)
+        raise RuntimeError("the stage failed after staging")
+    assert not w.staging.exists() and not w.published
+    assert current_manifest(layout, RAW_PAIRS).partitions == {"lang=de": 2}  # old version intact
+    assert list(layout.staging.iterdir()) == []  # staging folder and its lock file gone
+
+
+def test_a_clean_exit_without_stage_publishes_nothing(layout):
+    with DatasetWriter(layout, RAW_PAIRS) as w:
+        write_parquet(RAW_PAIRS, _raw_table(), w.file_path({"lang": "de"}, 0))
+    assert not w.staging.exists() and current_manifest(layout, RAW_PAIRS) is None
+
+
+def test_publish_together_publishes_every_staged_writer(layout):
+    from storage.datasets import publish_together
+    from storage.schemas import REJECTS
+
+    with DatasetWriter(layout, RAW_PAIRS) as raw, DatasetWriter(layout, REJECTS, raw.run_id) as rejects:
+        write_parquet(RAW_PAIRS, _raw_table(2), raw.file_path({"lang": "de"}, 0))
+        raw.stage(expected_rows=2)
+        with pytest.raises(RuntimeError, match="corpus_rejects not staged"):
+            publish_together(layout, [raw, rejects])
+        assert current_manifest(layout, RAW_PAIRS) is None  # nothing published by the refused call
+        rejects.stage(expected_rows=0)
+        publish_together(layout, [raw, rejects])
+        assert current_manifest(layout, RAW_PAIRS).rows == 2 and current_manifest(layout, REJECTS).rows == 0
+    assert raw.published and rejects.published and list(layout.staging.iterdir()) == []
 
 
 def test_abort_removes_staging(layout):
