@@ -42,7 +42,7 @@ lock:
 
 # Benchmarks: each runs ours and the peer in separate processes, interleaved, and writes
 # bench/results/<name>.json (bench/common.py). `make bench QUICK=1` (or `make bench-quick`) runs every one
-# with --quick: 4 min 43 s in all on 2 cores (2026-11-30; README). prepare_bench builds OpusFilter in its own venv
+# with --quick: 4 min 43 s in all on 2 cores (2026-11-30; docs/benchmarks.md). prepare_bench builds OpusFilter in its own venv
 # (.venv-opusfilter) on first use. Run nothing else on the machine meanwhile: the results flag runs
 # during which other processes used the CPU.
 BENCH_FLAGS := $(if $(QUICK),--quick,)

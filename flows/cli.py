@@ -36,18 +36,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.cli_console import INTERACTIVE, console
 from flows.cli_errors import fail as _fail
 from flows.cli_errors import one_line as _one_line
 from flows.cli_errors import service_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-# Not a terminal (a log file, a pipe, CI): no wrapping at 80 columns, no truncated table cells, no
-# colour codes, no spinners; a terminal gets rich's usual output.
-INTERACTIVE = sys.stdout.isatty()
-console = Console() if INTERACTIVE else Console(soft_wrap=True, width=100_000, color_system=None)
 
 
 class OutputFormat(StrEnum):

@@ -26,8 +26,8 @@ def service_error(exc: BaseException) -> str | None:
     client's retries, the Prefect API), else None: any other exception is a bug and keeps its traceback.
 
     A command whose server dies mid-run gets this line and exit code 1: what it had published stays
-    (every publication is atomic), what it was writing is not published (see the README's reliability
-    section)."""
+    (every publication is atomic), what it was writing is not published (see docs/reliability.md).
+    """
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:  # the cause chain: a wrapped connection error counts too

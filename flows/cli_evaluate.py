@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.cli_console import console, status
 from flows.cli_errors import fail as _fail
+from labse_core.logfmt import num
 
 evaluate_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Evaluate an encoder on the paper's benchmarks (results -> eval_results).")
-console = Console()
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Exported model folder, or models:/NAME@ALIAS / models:/NAME/VERSION.")]
 
@@ -64,7 +64,7 @@ def tatoeba(
                                 batch_size=batch_size, **({"data": data} if data is not None else {}))
         if not cfg.data.is_dir():
             raise ValueError(f"--data {cfg.data}: not a folder (the Tatoeba v1 files tatoeba.xxx-eng.*)")
-        with console.status("embedding and scoring Tatoeba ...", spinner="dots"):
+        with status("embedding and scoring Tatoeba ..."):
             report = run_tatoeba(cfg)
     except ValidationError as e:
         _fail(_settings_error(e))
@@ -106,7 +106,7 @@ def bucc(
         cfg = BuccEvalConfig(model=model, langs=split_langs(langs), gold=gold, distractors=distractors,
                              held_out_fraction=held_out_fraction, mine=MineConfig(mode="max", index="flat", k=k),
                              batch_size=batch_size)
-        with console.status("building the sets, embedding and mining ...", spinner="dots"):
+        with status("building the sets, embedding and mining ..."):
             report = run_bucc(cfg)
     except ValidationError as e:
         _fail(_settings_error(e))
@@ -163,7 +163,7 @@ def mine(
         cfg = MineRunConfig(src=src, tgt=tgt, src_lang=src_lang, tgt_lang=tgt_lang, model=model, src_text=src_text,
                             tgt_text=tgt_text, column=column, mine=mcfg, batch_size=batch_size,
                             keep_embeddings=keep_embeddings)
-        with console.status("embedding and mining ...", spinner="dots"):
+        with status("embedding and mining ..."):
             report = run_mine(cfg)
     except ValidationError as e:
         _fail(_settings_error(e))
@@ -171,7 +171,7 @@ def mine(
         _fail(str(e).splitlines()[0])
     s = report.summary
     console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
-                  f"{s['candidates']:,} pairs scored >= {s['threshold']}, {s['kept']:,} kept after the filters "
+                  f"{s['candidates']:,} pairs scored >= {num(s['threshold'])}, {s['kept']:,} kept after the filters "
                   f"(dropped: {s['dropped'] or 'none'})")
     reused = sum(c.get("reused", 0) for c in s["embedding_chunks"].values())
     if reused:  # a rerun of a killed run (labse_core.mining.resume)

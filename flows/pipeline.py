@@ -53,6 +53,7 @@ from flows.reporting import plot_partition_rows, plot_training, publish_markdown
 from labse_core.evaluation.results import attach_registry_version
 from labse_core.finetune import train as finetune
 from labse_core.finetune.train import FinetuneConfig
+from labse_core.logfmt import num
 from labse_core.mining.miner import MineConfig
 from labse_core.pretrain import train as pretrain_presets
 from labse_core.pretrain.train import PretrainConfig
@@ -446,7 +447,7 @@ def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | Non
         if result.best_accuracy is not None else "",
         f"- init: `{cfg.init_from or 'random'}`", f"- MLflow run: `{result.mlflow_run_id}`"], plot)
     logger.info("finetune: %d steps (%s), held-out accuracy %s at step 0, best %s at step %s", result.step,
-                result.stopped_by, step0, result.best_accuracy, result.best_step)
+                result.stopped_by, num(step0, ".3f"), num(result.best_accuracy, ".3f"), result.best_step)
     summary = StageSummary(stage="finetune", dataset="encoder", rows=result.step, partitions=0, files=0, seconds=seconds,
                            path=str(result.best_dir), mlflow_run_id=result.mlflow_run_id or "", stats=stats)
     return summary, list(result.eval_pairs)
@@ -489,8 +490,8 @@ def evaluate_stage(model_dir: str, cfg: EvaluateStageConfig, parent_run_id: str,
             rows += rep.rows
         except ValueError as e:  # too few held-out pairs in every language: say so, the run goes on
             stats["bucc_skipped"] = str(e)
-    logger.info("evaluate: Tatoeba mean %s over %d languages, BUCC F1 %s, xSIM error %s", stats.get("tatoeba_mean"),
-                len(stats.get("tatoeba_langs", [])), stats.get("bucc_f1"), stats.get("xsim_error"))
+    logger.info("evaluate: Tatoeba mean %s over %d languages, BUCC F1 %s, xSIM error %s", num(stats.get("tatoeba_mean"), ".4f"),
+                len(stats.get("tatoeba_langs", [])), num(stats.get("bucc_f1"), ".4f"), num(stats.get("xsim_error"), ".4f"))
     return StageSummary(stage="evaluate", dataset="eval_results", rows=rows, partitions=0, files=0,
                         seconds=time.perf_counter() - t0, path=str(layout.dataset_dir("eval/results")),
                         mlflow_run_id=stats.get("tatoeba_run_id") or stats.get("bucc_run_id") or "", stats=stats)
@@ -577,11 +578,13 @@ def register_stage(model_dir: str, finetune_run_id: str, eval_pairs: list, regis
              "primary_name": promo.primary_name, "primary": promo.primary, "champion_primary": promo.champion_primary,
              "held_out_accuracy": promo.accuracy, "champion_accuracy": promo.champion_accuracy,
              "champion_version": promo.champion_version}
-    verdict = (f"**now `models:/{registered_model}@champion`**" if promo.promoted
+    verdict = (f"now models:/{registered_model}@champion" if promo.promoted
                else f"@challenger (champion version {promo.champion_version} keeps the alias)")
-    publish_markdown("register", [f"### register: `{registered_model}` version {promo.version}: {verdict}",
-                                  f"- {promo.primary_name}: {promo.primary:.4f} vs champion {promo.champion_primary}",
-                                  f"- held-out accuracy: {promo.accuracy:.4f} vs champion {promo.champion_accuracy}",
+    # Bold and code spans in the artifact only: the log line below stays plain text.
+    shown = f"**now `models:/{registered_model}@champion`**" if promo.promoted else verdict
+    publish_markdown("register", [f"### register: `{registered_model}` version {promo.version}: {shown}",
+                                  f"- {promo.primary_name}: {promo.primary:.4f} vs champion {num(promo.champion_primary, '.4f')}",
+                                  f"- held-out accuracy: {promo.accuracy:.4f} vs champion {num(promo.champion_accuracy, '.4f')}",
                                   f"- rule: {promo.reason}"])
     get_run_logger().info("register: %s version %s, %s (%s)", registered_model, promo.version, verdict, promo.reason)
     return StageSummary(stage="register", dataset="registry", rows=1, partitions=0, files=0,

@@ -51,6 +51,7 @@ from flows.pipeline import (
 from flows.reporting import publish_markdown
 from labse_core.finetune import train as finetune
 from labse_core.finetune.train import FinetuneConfig
+from labse_core.logfmt import num
 from labse_core.pretrain import train as pretrain_presets
 from labse_core.pretrain.train import PretrainConfig
 from storage import tracking
@@ -372,8 +373,8 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
         mlflow.set_tags({"retrain.promoted": str(bool(st.get("promoted"))).lower(), "retrain.reason": str(st.get("reason")),
                          "retrain.new_version": str(st.get("registered_version"))})
         if not st.get("promoted") and st.get("registered_version") and "register" not in cached:
-            why = (f"not promoted: {st.get('reason')} ({st.get('primary_name')} {st.get('primary')} vs "
-                   f"{config.alias} version {st.get('champion_version')} {st.get('champion_primary')})")
+            why = (f"not promoted: {st.get('reason')} ({st.get('primary_name')} {num(st.get('primary'), '.4f')} vs "
+                   f"{config.alias} version {st.get('champion_version')} {num(st.get('champion_primary'), '.4f')})")
             mlflow.MlflowClient().set_model_version_tag(config.registered_model, str(st["registered_version"]),
                                                         "not_promoted_reason", why)
             mlflow.set_tag("retrain.not_promoted_reason", why)

@@ -60,6 +60,7 @@ from labse_core.finetune.data import (
     retokenize,
     scan_pairs,
 )
+from labse_core.logfmt import numbers
 from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig, grad_cache_chunks_backward
 from labse_core.model.encoder import LabseEncoder, is_sentence_transformers_folder
 from labse_core.training import distributed
@@ -570,7 +571,7 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
             scan.train_counts,
             scan.held_out,
             len(scan.eval_rows),
-            accept,
+            numbers(accept, ".3f"),
         )
         _check_vocab(cfg, layout, tuner.model, tokenizer)
         streams = PairStreams(cfg, files, env, accept, tokenizer, prefix)
@@ -627,7 +628,11 @@ def _evaluate(cfg, env, tuner, eval_rows, layout, root, result) -> None:
                 tuner.model, cfg, layout, root / "best", metrics, tuner.step, result.mlflow_run_id
             )
         log.info(
-            "step %d: %s (best %.4f at step %s)", tuner.step, metrics, result.best_accuracy, result.best_step
+            "step %d: %s (best %.4f at step %s)",
+            tuner.step,
+            numbers({k: v for k, v in metrics.items() if k != "step"}, ".4f"),
+            result.best_accuracy,
+            result.best_step,
         )
     distributed.barrier(env)
 

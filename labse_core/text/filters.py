@@ -8,7 +8,7 @@ checks this on real gettext and Tatoeba pairs).
 
 Inputs are texts as ``normalize.normalize_text`` stores them and canonical language codes
 (``langcodes.normalize``); ``REASONS`` maps each code to the description the rejects dataset and the
-README show. Per side, the filters look at two forms of the text:
+docs show. Per side, the filters look at two forms of the text:
 
 - the **text** itself (length bounds, copy, placeholders, numbers);
 - its **content**: the text with HTML/Pango tags, entities, URLs, e-mail addresses, paths and

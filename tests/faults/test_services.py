@@ -8,7 +8,7 @@
   move, the lake is untouched; a ``labse`` command whose MLflow server is gone says so in one line;
 - every server the platform starts binds 127.0.0.1 unless told otherwise.
 
-The numbers for the README come from ``python -m bench.serve_load`` (the same machinery, with e5).
+The numbers in docs/reliability.md come from ``python -m bench.serve_load`` (the same machinery, with e5).
 """
 
 from __future__ import annotations

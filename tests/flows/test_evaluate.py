@@ -104,6 +104,27 @@ def test_cli_evaluates_a_registered_model_and_reports_bad_input(model_dir):
         assert message in res.output and "Traceback" not in res.output
 
 
+def test_evaluate_output_in_a_pipe_keeps_each_line_whole(model_dir, tmp_path):
+    """stdout not a terminal (a log, CI): no wrapping at 80 columns, so the "try:" query and a long path
+    stay one line each that can be copied (rich wrapped both before)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / ("a-home-folder-with-a-long-name-" * 3) / "labse_home"
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "PREFECT_HOME")}
+    env["LABSE_HOME"] = str(home)
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "evaluate", "tatoeba", "--model", str(model_dir),
+                        "--langs", "deu"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    tries = [line for line in lines if line.startswith("try: labse sql ")]
+    assert len(tries) == 1 and tries[0].endswith("AND scope = 'group'\""), r.stdout
+    summary = next(line for line in lines if line.startswith("summary:"))
+    assert summary.split()[-1].startswith(str(home)) and summary.endswith("tatoeba.json"), r.stdout
+    assert len(tries[0]) > 80 and len(summary) > 80  # long enough that an 80-column console would wrap them
+    assert "\x1b[" not in r.stdout  # no colour codes either
+
+
 def test_labse_mine_equals_brute_force_on_the_same_embeddings(model_dir, real_catalogs, tmp_path):
     from labse_core.embed import encode, resolve_model
     from labse_core.gettext_catalog import catalog_pairs, read_mo

@@ -47,7 +47,7 @@ def test_import_is_evaluated_and_registered_before_the_fine_tuned_model(summary)
     imp, fine, ev_imp, reg_imp, ev, reg = summary.stages[-6:]
     assert fine.stats["init_from"] == imp.path
     zero_shot = ev_imp.stats["tatoeba_mean"]
-    assert zero_shot > 0.9  # multilingual-e5-small on deu (the README's 97.1), not a random model
+    assert zero_shot > 0.9  # multilingual-e5-small on deu (docs/training.md: 97.1), not a random model
     assert reg_imp.stats["primary"] == pytest.approx(zero_shot)
     # the holder is the import: its zero-shot value, measured once by this run, is what the gate used
     assert reg.stats["champion_primary"] == pytest.approx(zero_shot, abs=1e-3)

