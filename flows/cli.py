@@ -38,7 +38,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_console import INTERACTIVE, console
+from flows.cli_console import console
+from flows.cli_console import status as _console_status
 from flows.cli_errors import fail as _fail
 from flows.cli_errors import one_line as _one_line
 from flows.cli_errors import service_error
@@ -88,12 +89,16 @@ DaskAddressOpt = Annotated[str | None, typer.Option(help="--runner dask: schedul
 
 def _beam(runner: str = "DirectRunner", workers: int | None = None, beam_arg: list[str] | None = None,
           dask_address: str | None = None):
+    from pydantic import ValidationError
+
     from beam_jobs.options import BeamConfig
 
-    return BeamConfig(runner=runner, extra_args=beam_arg or [], dask_address=dask_address,
-                      **({"num_workers": workers} if workers else {}))
-
-
+    try:
+        return BeamConfig(runner=runner, extra_args=beam_arg or [], dask_address=dask_address,
+                          **({"num_workers": workers} if workers else {}))
+    except ValidationError as e:
+        _fail(_explain(e, {"runner": "--runner", "num_workers": "--workers", "extra_args": "--beam-arg",
+                           "dask_address": "--dask-address"}))
 
 
 def _explain(e, names: dict[str, str] | None = None) -> str:
@@ -105,13 +110,6 @@ def _explain(e, names: dict[str, str] | None = None) -> str:
         key = next((names[x] for x in reversed(loc) if x in names), ".".join(loc) or "setting")
         parts.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
-
-
-def _status(text: str):
-    """A spinner on a terminal; nothing in a log (rich would print nothing useful there anyway)."""
-    import contextlib
-
-    return console.status(text, spinner="dots") if INTERACTIVE else contextlib.nullcontext()
 
 
 def _refresh_catalog(layout) -> list[str]:
@@ -146,7 +144,7 @@ def _print_summary(summary) -> None:
 def _run_pipeline(config) -> None:
     from flows.pipeline import labse_pipeline
 
-    with _status(f"running labse-pipeline (preset {config.preset}) ..."):
+    with _console_status(f"running labse-pipeline (preset {config.preset}) ..."):
         summary = labse_pipeline(config)
     _print_summary(summary)
 
@@ -236,7 +234,7 @@ def ingest(
             mode="overwrite" if replace else "append" if append else "create", replace_empty=replace_empty,
         )
         layout = Layout.from_env()
-        with _status("reading gettext catalogs ..."):
+        with _console_status("reading gettext catalogs ..."):
             result = run(cfg, layout)
     except ValidationError as e:
         _fail(_explain(e))
@@ -304,7 +302,7 @@ def prepare(
             console.print(f"decontaminating against {', '.join(map(str, eval_set))} instead of the default ({default})",
                           highlight=False, markup=False)
         layout = Layout.from_env()
-        with _status("preparing the corpus ..."):
+        with _console_status("preparing the corpus ..."):
             result = run(cfg, layout)
     except ValidationError as e:
         _fail(_explain(e, {"langs": "--langs", "tsv_columns": "--tsv-columns"}))
@@ -358,7 +356,7 @@ def vocab(
     try:
         cfg = VocabStageConfig(vocab=VocabConfig(vocab_size=vocab_size, alpha=alpha, sample_size=sample_size),
                                mono_inputs=mono or [], beam=_beam(runner, workers, beam_arg, dask_address))
-        with _status("sampling and training the vocabulary ..."):
+        with _console_status("sampling and training the vocabulary ..."):
             result = run(cfg, Layout.from_env())
     except (VocabError, ValueError, OSError) as e:
         _fail(str(e))
@@ -387,7 +385,7 @@ def shard(
         cfg = ShardConfig(max_len=max_len, rows_per_shard=rows_per_shard, mono_inputs=mono or [], tfrecord=tfrecord,
                           held_out_fraction=held_out_fraction, beam=_beam(runner, workers, beam_arg, dask_address))
         layout = Layout.from_env()
-        with _status("tokenizing and sharding ..."):
+        with _console_status("tokenizing and sharding ..."):
             result = run(cfg, layout)
     except (ShardError, ValueError, OSError) as e:
         _fail(str(e))
@@ -487,7 +485,7 @@ def ablation(
         vocab_size_of(Layout.from_env().vocab)
     except FileNotFoundError as e:
         _fail(str(e))
-    with _status("running labse-ablation ..."):
+    with _console_status("running labse-ablation ..."):
         summary = labse_ablation(cfg)
     t = Table(title=f"labse-ablation finished in {summary.seconds:.0f}s", title_justify="left")
     for col in ("arm", "held-out accuracy", "steps", "training pairs"):

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.cli_console import console
 from flows.cli_errors import fail as _fail
 
-console = Console(soft_wrap=True, highlight=False)
 server_app = typer.Typer(no_args_is_help=True, help="Local Prefect and MLflow servers for this home.")
 
 
