@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from labse_core.export import default_max_length, load_encoder
 from labse_core.model.encoder import LabseEncoder
 from labse_core.model.inference import fast_embed
+from labse_core.model.precision import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def encode(
     max_length: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Unit-length embeddings, float32 array (N, D), row i for ``sentences[i]``.
 
@@ -97,7 +99,8 @@ def encode(
     tokenizer capped at the encoder's positions (128 for ``tiny``, 512 for ``base``), which is what
     ``export_model`` saves and transformers / sentence-transformers truncate to, so all loaders agree.
     The encoder's ``cfg.input_prefix`` (e5: ``"query: "``) is prepended to every sentence first; its
-    tokens count towards ``max_length``.
+    tokens count towards ``max_length``. ``precision``: ``fp32``, ``bf16`` or ``auto``
+    (``labse_core.model.precision``); a precision the device cannot run raises ``PrecisionError``.
     """
     if isinstance(sentences, str):
         raise TypeError("encode takes a sequence of sentences, not one string: wrap it in a list")
@@ -120,13 +123,14 @@ def encode(
     if n == 0:
         return out
     dev = _pick_device(device)
+    cast = autocast(resolve_precision(precision, dev), dev)
     encoder.to(dev)
     was_training = encoder.training
     encoder.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else encoder.cfg.pad_token_id
     prefix = encoder.cfg.input_prefix
     try:
-        with torch.inference_mode(), tqdm(total=n, unit="sent", desc="embed", disable=None if progress else True) as bar:  # None: off when not a tty
+        with torch.inference_mode(), cast, tqdm(total=n, unit="sent", desc="embed", disable=None if progress else True) as bar:  # None: off when not a tty
             for start in range(0, n, SORT_CHUNK):
                 chunk = [prefix + s for s in sentences[start : start + SORT_CHUNK]]
                 ids = tokenizer(
@@ -145,7 +149,8 @@ def encode(
                     idx = order[b : b + batch_size]
                     input_ids, mask = _pad([ids[i] for i in idx], pad_id)  # (B, T)
                     emb = fast_embed(encoder, input_ids.to(dev), mask.to(dev))  # (B, D)
-                    out[start + idx] = emb.float().cpu().numpy()
+                    # Unit length in float32 (a bf16 forward pass normalizes in bf16: norms off by ~1e-3).
+                    out[start + idx] = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
                     bar.update(len(idx))
     finally:
         encoder.train(was_training)

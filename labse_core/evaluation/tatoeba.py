@@ -20,6 +20,7 @@ it that were evaluated, with their count, so a partial run never pretends to cov
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,14 +116,45 @@ class GroupScore:
     def acc(self) -> float:
         return (self.acc_xx_en + self.acc_en_xx) / 2
 
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def label(self) -> str:
+        """The group's name when every language of it was evaluated, else the name with the count
+        (``all112 (14/112)``): a partial mean is never reported as the group's figure."""
+        if self.complete:
+            return self.group
+        return f"{self.group} ({len(self.languages)}/{len(self.languages) + len(self.missing)})"
+
+    @property
+    def metric_key(self) -> str:
+        """``label`` as an MLflow metric name (which allows no parentheses): ``all112-partial-14of112``."""
+        if self.complete:
+            return self.group
+        return f"{self.group}-partial-{len(self.languages)}of{len(self.languages) + len(self.missing)}"
+
 
 @dataclass
 class TatoebaResult:
     languages: list[LanguageScore]
     groups: list[GroupScore] = field(default_factory=list)
+    sample: int | None = None
+    """Pairs per language of the fixed sample evaluated (``sample_languages``); None: every pair."""
+
+    @property
+    def split(self) -> str:
+        """``eval_results``'s split: ``test`` for the whole set, ``sample300`` for the fixed sample."""
+        return "test" if self.sample is None else f"sample{self.sample}"
 
     def group(self, name: str) -> GroupScore | None:
         return next((g for g in self.groups if g.group == name), None)
+
+    def complete_group(self, name: str) -> GroupScore | None:
+        """The group when every language of it was evaluated, else None."""
+        g = self.group(name)
+        return g if g is not None and g.complete else None
 
     def summary(self) -> dict:
         """JSON-ready: per-language and per-group accuracies (fractions, not percent)."""
@@ -133,10 +165,11 @@ class TatoebaResult:
                 for s in self.languages
             },
             "groups": {
-                g.group: {"languages": len(g.languages), "missing": list(g.missing), "xx->en": g.acc_xx_en,
+                g.label: {"languages": len(g.languages), "missing": list(g.missing), "xx->en": g.acc_xx_en,
                           "en->xx": g.acc_en_xx, "both": g.acc}
                 for g in self.groups
             },
+            "sample": self.sample,
         }
 
 
@@ -212,17 +245,40 @@ def group_scores(
     return out
 
 
+def sample_languages(data: Sequence[TatoebaLanguage], per_language: int) -> list[TatoebaLanguage]:
+    """The same fixed subset of every language for every model: the ``per_language`` pairs whose hash of
+    (language, line number, both texts) is lowest, in file order (a language with fewer pairs: all of
+    them). Each sentence then retrieves among the sample's ``per_language`` candidates instead of all
+    ~1,000, so accuracies are higher than on the whole set; what the sample is for is comparing models
+    (the registry gate) in a fraction of the time: docs/evaluation.md shows how its figures track the
+    full ones."""
+    if per_language < 2:
+        raise ValueError(f"a Tatoeba sample needs at least 2 pairs per language, got {per_language}")
+    out = []
+    for lang in data:
+        keys = [hashlib.blake2b(f"{lang.code}\t{i}\t{x}\t{e}".encode(), digest_size=8).digest()
+                for i, (x, e) in enumerate(zip(lang.sentences, lang.english, strict=True))]
+        keep = sorted(sorted(range(len(keys)), key=keys.__getitem__)[:per_language])
+        out.append(TatoebaLanguage(lang.code, tuple(lang.sentences[i] for i in keep),
+                                   tuple(lang.english[i] for i in keep)))
+    return out
+
+
 def evaluate_tatoeba(
     embed: Embed,
     root: str | os.PathLike[str],
     langs: Iterable[str] | None = None,
     trained: Iterable[str] | None = None,
+    sample: int | None = None,
 ) -> TatoebaResult:
-    """Tatoeba accuracy of ``embed`` on the folder ``root`` for ``langs`` (None: all) with the groups."""
+    """Tatoeba accuracy of ``embed`` on the folder ``root`` for ``langs`` (None: all) with the groups;
+    ``sample``: only the fixed ``sample_languages`` subset of that many pairs per language."""
     root = Path(root)
     data = load_tatoeba(root, None if langs is None else list(langs))
+    if sample is not None:
+        data = sample_languages(data, sample)
     scores = score_languages(embed, data)
-    return TatoebaResult(scores, group_scores(scores, select_languages(root), trained))
+    return TatoebaResult(scores, group_scores(scores, select_languages(root), trained), sample)
 
 
 def result_rows(result: TatoebaResult) -> list[dict]:
@@ -232,9 +288,9 @@ def result_rows(result: TatoebaResult) -> list[dict]:
     for s in result.languages:
         for d, v in zip(DIRECTIONS, (s.acc_xx_en, s.acc_en_xx, s.acc), strict=True):
             rows.append({"scope": "language", "language": s.code, "direction": d, "metric": "accuracy",
-                         "value": v, "n": s.n, "split": "test"})
-    for g in result.groups:
+                         "value": v, "n": s.n, "split": result.split})
+    for g in result.groups:  # a partial group under its label: all112 (14/112)
         for d, v in zip(DIRECTIONS, (g.acc_xx_en, g.acc_en_xx, g.acc), strict=True):
-            rows.append({"scope": "group", "language": g.group, "direction": d, "metric": "accuracy",
-                         "value": v, "n": len(g.languages), "split": "test"})
+            rows.append({"scope": "group", "language": g.label, "direction": d, "metric": "accuracy",
+                         "value": v, "n": len(g.languages), "split": result.split})
     return rows

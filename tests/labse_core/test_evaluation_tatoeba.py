@@ -93,3 +93,41 @@ def test_nearest_is_gold_ties_and_shapes():
     assert tat.nearest_is_gold(q, k).tolist() == [True, False, True]
     with pytest.raises(ValueError, match="same shape"):
         tat.nearest_is_gold(q, k[:2])
+
+
+def test_a_partial_group_is_labelled_with_its_count_never_as_the_full_figure():
+    data = tat.load_tatoeba(TATOEBA, LANGS)
+    s = tat.score_languages(ngram_embed, data)
+    result = tat.TatoebaResult(s, tat.group_scores(s, list_languages(TATOEBA)))
+    by = {g.group: g for g in result.groups}
+    assert by[tat.ALL].label == "all112 (8/112)" and by[tat.ALL].metric_key == "all112-partial-8of112"
+    assert by["xtreme36"].label == "xtreme36 (7/36)" and by["evaluated"].label == "evaluated"
+    assert result.complete_group(tat.ALL) is None and result.complete_group("evaluated") is by["evaluated"]
+    names = {r["language"] for r in tat.result_rows(result) if r["scope"] == "group"}
+    assert names == {"all112 (8/112)", "xtreme36 (7/36)", "xnli14 (5/14)", "evaluated"}
+    assert set(result.summary()["groups"]) == names
+    whole = tat.TatoebaResult(s, tat.group_scores(s, [d.code for d in data]))  # a set of these 8 only
+    assert whole.complete_group(tat.ALL).label == tat.ALL
+
+
+def test_the_gate_sample_is_the_same_fixed_subset_whatever_the_model():
+    data = tat.load_tatoeba(TATOEBA, ["deu", "swg", "cmn"])  # swg has 112 pairs: all of them kept
+    a, b = tat.sample_languages(data, 300), tat.sample_languages(list(reversed(data)), 300)
+    assert {x.code: x for x in a} == {x.code: x for x in b}  # depends on the pairs, not on the order given
+    for full, part in zip(data, a, strict=True):
+        n = min(300, len(full.sentences))
+        assert len(part.sentences) == len(part.english) == n
+        pairs = list(zip(full.sentences, full.english, strict=True))
+        kept = list(zip(part.sentences, part.english, strict=True))
+        assert set(kept) <= set(pairs)
+        assert kept == [p for p in pairs if p in set(kept)]  # file order, alignment kept
+    assert len(a[0].sentences) == 300 and a[0].sentences != data[0].sentences[:300]  # not simply the first 300
+    assert a[0].code == "cmn" and a[1].code == "deu"
+    result = tat.evaluate_tatoeba(ngram_embed, TATOEBA, ["deu", "swg"], sample=300)
+    assert result.split == "sample300" and {s.code: s.n for s in result.languages} == {"deu": 300, "swg": 112}
+    assert {r["split"] for r in tat.result_rows(result)} == {"sample300"}
+    deu = next(x for x in a if x.code == "deu")
+    want = reference_accuracy(ngram_embed(list(deu.sentences)), ngram_embed(list(deu.english)))
+    assert (result.languages[0].acc_xx_en, result.languages[0].acc_en_xx) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        tat.sample_languages(data, 1)
