@@ -36,10 +36,10 @@ from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
 from beam_jobs.vocab import _mono
 from labse_core.data.masking import make_tlm_example
-from labse_core.faults import maybe_die
 from labse_core.finetune.data import is_held_out
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
 from storage.datasets import DatasetWriter, commit, current_manifest, new_staging
+from storage.faults import maybe_die
 from storage.io import atomic_path, write_json_atomic, write_parquet
 from storage.layout import Layout
 from storage.locks import lake_lock
