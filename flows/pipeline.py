@@ -51,12 +51,12 @@ from flows.evaluate import (
 )
 from flows.reporting import plot_partition_rows, plot_training, publish_markdown, publish_prefect_artifacts
 from labse_core.evaluation.results import attach_registry_version
-from labse_core.finetune import train as finetune
-from labse_core.finetune.train import FinetuneConfig
+from labse_core.finetune import config as finetune
+from labse_core.finetune.config import FinetuneConfig
 from labse_core.mining.miner import MineConfig
 from labse_core.packages import package_version
-from labse_core.pretrain import train as pretrain_presets
-from labse_core.pretrain.train import PretrainConfig
+from labse_core.pretrain import config as pretrain_presets
+from labse_core.pretrain.config import PretrainConfig
 from labse_core.vocab import VocabConfig, vocab_size_of
 from storage import catalog, tracking
 from storage.layout import Layout

@@ -137,9 +137,11 @@ def _cli(stage: str, home: Path, settings: dict, result: Path, fault: str | None
 
 def _reference(stage: str, settings: dict, home: Path):
     if stage == "pretrain":
-        from labse_core.pretrain.train import run, tiny_cpu
+        from labse_core.pretrain.config import tiny_cpu
+        from labse_core.pretrain.train import run
     else:
-        from labse_core.finetune.train import run, tiny_cpu
+        from labse_core.finetune.config import tiny_cpu
+        from labse_core.finetune.train import run
     return run(tiny_cpu(**(settings | {"mlflow": False})), Layout(home))
 
 
