@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
-from labse_core.faults import maybe_die
 from storage.datasets import ATTEMPTS, apply_commit, attempt_name, partition_path, record_commit
+from storage.faults import maybe_die
 from storage.io import write_bytes_atomic, write_parquet
 from storage.schemas import DatasetSpec
 
@@ -50,7 +50,7 @@ class _BufferedWriteFn(beam.DoFn):
         self.staging = staging
         self.rows_per_file = rows_per_file
         self.max_buffered_rows = max_buffered_rows
-        self.fault_point = fault_point  # labse_core.faults point hit after each attempt file is written
+        self.fault_point = fault_point  # storage.faults point hit after each attempt file is written
 
     def start_bundle(self):
         self.buffers: dict[tuple, list[dict]] = defaultdict(list)

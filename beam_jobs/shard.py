@@ -36,11 +36,11 @@ from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
 from beam_jobs.vocab import _mono
+from labse_core.data.held_out import is_held_out
 from labse_core.data.masking import make_tlm_example
-from labse_core.faults import maybe_die
-from labse_core.finetune.data import is_held_out
 from labse_core.vocab import CLS_ID, MODEL_FILENAME, SEP_ID
 from storage.datasets import DatasetWriter, current_manifest, new_staging, publish_together
+from storage.faults import maybe_die
 from storage.io import atomic_path, write_json_atomic, write_parquet
 from storage.layout import Layout
 from storage.locks import lake_lock
@@ -60,7 +60,7 @@ class ShardConfig(BaseModel):
     held_out_fraction: float = Field(
         0.01, ge=0.0, lt=1.0,
         description="Fine-tuning's eval_fraction (FinetuneConfig's default 0.01): TLM leaves out the pairs "
-        "fine-tuning holds out (labse_core.finetune.data.is_held_out), which held-out retrieval and BUCC "
+        "fine-tuning holds out (labse_core.data.held_out.is_held_out), which held-out retrieval and BUCC "
         "evaluate on, so TLM pretraining never reads them side by side. 0: TLM takes every pair.",
     )
     mlm_from_pairs: bool = Field(True, description="Use both sides of the clean pairs as MLM sentences.")

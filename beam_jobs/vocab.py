@@ -27,10 +27,10 @@ from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches, WriteValue
 from beam_jobs.options import BeamConfig
 from labse_core import vocab as core
-from labse_core.faults import maybe_die
 from labse_core.readers.mono import read_mono
 from labse_core.readers.records import MonoSentence
 from storage.datasets import commit, current_manifest, new_staging
+from storage.faults import maybe_die
 from storage.io import write_json_atomic
 from storage.layout import Layout
 from storage.locks import lake_lock

@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from labse_core.packages import package_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHILD_RESULT_ENV = "BENCH_CHILD_RESULT"
@@ -82,13 +83,7 @@ def machine() -> dict[str, Any]:
 
 def versions(*packages: str) -> dict[str, str | None]:
     """Installed version of each distribution (None when absent)."""
-    out: dict[str, str | None] = {}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: package_version(name) for name in packages}
 
 
 def thread_env(threads: int, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -111,7 +111,7 @@ def our_batches(cfg, files: Path, steps: int) -> list[list[dict]]:
 
 
 def finetune_config(spec: dict):
-    from labse_core.finetune.train import FinetuneConfig
+    from labse_core.finetune.config import FinetuneConfig
 
     return FinetuneConfig(**spec["config"])
 
@@ -279,8 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
     n_encode = args.encode_sentences or (600 if args.quick else 2000)
 
     from labse_core.export import export_model
+    from labse_core.finetune.config import tiny_cpu
     from labse_core.finetune.data import collate_pairs
-    from labse_core.finetune.train import build_encoder, tiny_cpu
+    from labse_core.finetune.train import build_encoder
 
     work = Path(tempfile.mkdtemp(prefix="finetune-bench-"))
     t0 = time.perf_counter()

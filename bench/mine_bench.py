@@ -278,15 +278,10 @@ def _pairs(data: Path, method: str) -> set[tuple[int, int]]:
 
 
 def _versions() -> dict:
-    from importlib import metadata
+    from bench.common import versions
 
-    out = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
-    for name in ("numpy", "faiss-cpu", "torch"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    return machine | versions("numpy", "faiss-cpu", "torch")
 
 
 def main(argv=None) -> int:

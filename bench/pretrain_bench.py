@@ -53,7 +53,9 @@ from bench import common
 from labse_core.data.shards import write_shards
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import flops_per_token
-from labse_core.pretrain.train import PretrainConfig, build_model, make_loader, run
+from labse_core.pretrain.config import PretrainConfig
+from labse_core.pretrain.data import make_loader
+from labse_core.pretrain.train import build_model, run
 from storage.layout import Layout
 from storage.schemas import SHARD_MLM
 

@@ -29,10 +29,10 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.reporting import plot_ablation, publish_markdown
-from labse_core.finetune import train as finetune
+from labse_core.finetune import config as finetune
 from labse_core.finetune.ablation import Arm, ablation_arms, final_accuracy, run_arm
-from labse_core.finetune.train import FinetuneConfig
-from labse_core.pretrain import train as pretrain
+from labse_core.finetune.config import FinetuneConfig
+from labse_core.pretrain import config as pretrain
 from labse_core.vocab import vocab_size_of
 from storage import tracking
 from storage.layout import Layout

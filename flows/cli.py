@@ -468,7 +468,7 @@ def ablation(
     from pydantic import ValidationError
 
     from flows.ablation import AblationConfig, labse_ablation
-    from labse_core.finetune.train import tiny_cpu
+    from labse_core.finetune.config import tiny_cpu
     from labse_core.vocab import vocab_size_of
     from storage.layout import Layout
 

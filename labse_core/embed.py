@@ -45,16 +45,6 @@ SORT_CHUNK = 65_536
 
 ModelRef = str | os.PathLike[str] | tuple[LabseEncoder, Any]
 
-EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
-    ],
-    metadata={b"labse.dataset": b"embeddings"},
-)
-"""The .parquet output of ``embed_file``: one row per input line, in input order."""
-
-
 def resolve_model(model: ModelRef) -> tuple[LabseEncoder, Any]:
     """(encoder, tokenizer) from a model folder or an (encoder, tokenizer) pair."""
     if isinstance(model, tuple):
@@ -187,6 +177,7 @@ def write_embeddings(path: str | os.PathLike[str], sentences: Sequence[str], emb
     # storage is imported here, not at module level: encode() (and the MLflow model, which ships
     # labse_core alone) does not need it.
     from storage.io import PARQUET_COMPRESSION, atomic_path
+    from storage.schemas import EMBEDDINGS_SCHEMA
 
     path = Path(path)
     if len(sentences) != len(embeddings):

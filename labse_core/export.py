@@ -54,7 +54,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ import torch
 from torch import nn
 
 from labse_core.model.encoder import EncoderConfig, LabseEncoder
+from labse_core.packages import package_version
 from storage.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -310,13 +310,6 @@ def _write_sentence_transformers_files(tmp: Path, encoder: LabseEncoder) -> None
     )
 
 
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def export_metadata(cfg: EncoderConfig, tokenizer, max_seq_length: int, card: ModelCard) -> dict[str, Any]:
     """The content of labse_export.json."""
     return {
@@ -337,7 +330,7 @@ def export_metadata(cfg: EncoderConfig, tokenizer, max_seq_length: int, card: Mo
         ),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {
-            name: _package_version(name)
+            name: package_version(name)
             for name in ("labse-platform", "torch", "transformers", "tokenizers", "sentence-transformers")
         },
         "model_card": asdict(card),

@@ -34,7 +34,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from labse_core.evaluation.retrieval import text_retrieval_accuracy  # the registry gate's metric
 from labse_core.export import read_export_metadata
 from labse_core.mlflow_model_code import ARTIFACT_KEY, DEFAULT_BATCH_SIZE  # the model's own constants
+from labse_core.packages import package_version
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,8 @@ def pip_requirements() -> list[str]:
     ``2.13.0+cpu`` exists only on PyTorch's own index)."""
     reqs = []
     for name in _REQUIREMENTS:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            reqs.append(name)
-            continue
-        reqs.append(f"{name}=={version.split('+')[0]}")
+        version = package_version(name)
+        reqs.append(name if version is None else f"{name}=={version.split('+')[0]}")
     return reqs
 
 

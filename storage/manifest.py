@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from labse_core.faults import maybe_die
+from storage.faults import maybe_die
 from storage.io import atomic_path
 from storage.schemas import DatasetSpec
 

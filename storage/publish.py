@@ -23,7 +23,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from labse_core.faults import maybe_die
+from storage.faults import maybe_die
 from storage.layout import Layout
 
 # ---------------------------------------------------------------------------------------------------

@@ -266,6 +266,20 @@ MINED = DatasetSpec(
     sort_by=("run_id", "src_index", "tgt_index"),
 )
 
+# --------------------------------------------------------------------------------------------
+# Files outside the lake
+# --------------------------------------------------------------------------------------------
+
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ],
+    metadata={b"labse.dataset": b"embeddings"},
+)
+"""The .parquet output of ``labse embed`` (labse_core.embed.embed_file): one row per input line, in
+input order. A file the user names, not a lake dataset: no DatasetSpec, no manifest."""
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (RAW_PAIRS, CLEAN_PAIRS, REJECTS, SHARD_PAIRS, SHARD_TLM, SHARD_MLM, EVAL_RESULTS, MINED)

@@ -6,7 +6,10 @@ Default: ``sqlite:///LABSE_HOME/mlflow/mlflow.db`` (runs, metrics and the model 
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from storage.layout import Layout
 
@@ -27,6 +30,22 @@ def offline_env() -> None:
         "GIT_PYTHON_REFRESH": "quiet",
     }.items():
         os.environ.setdefault(key, value)
+
+
+PARAM_CHARS = 500
+"""Longest parameter value logged; longer ones (a list of every input file) are cut."""
+
+
+def flat_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as MLflow parameters: dotted keys (`loss.margin`, `prepare.filters.min_chars`:
+    comparable across runs in the MLflow UI), lists as JSON, each value at most PARAM_CHARS long."""
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            out |= flat_params(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = (json.dumps(v) if isinstance(v, list | tuple) else str(v))[:PARAM_CHARS]
+    return out
 
 
 def tracking_uri(layout: Layout) -> str:

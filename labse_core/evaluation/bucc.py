@@ -11,7 +11,7 @@ t is chosen where F1 is best on a **dev** split and applied unchanged to a disjo
 (LASER's ``bucc.py``: optimise on the training gold, apply to test).
 
 **The sets** (``build_sets``), from pairs the model was never trained on: the fine-tuning held-out
-split of the clean corpus (``labse_core.finetune.data.is_held_out``). The pairs are made one-to-one
+split of the clean corpus (``labse_core.data.held_out.is_held_out``). The pairs are made one-to-one
 (each English text and each xx text in one pair), ordered by a hash, and cut into four disjoint pieces:
 gold pairs for dev and test, and two pools of distractor pairs of which only the xx side (X distractors)
 or only the English side (Y distractors) is used, so no distractor has its translation in the set.
@@ -211,7 +211,7 @@ def held_out_pairs(clean_dir, lang: str, fraction: float) -> list[tuple[str, str
 
     import pyarrow.parquet as pq
 
-    from labse_core.finetune.data import is_held_out
+    from labse_core.data.held_out import is_held_out
 
     part = Path(clean_dir) / f"lang={lang}"
     if not part.is_dir():

@@ -1,7 +1,14 @@
-"""Dual-encoder fine-tuning of the LaBSE encoder with the bidirectional additive margin softmax loss.
+"""Dual-encoder fine-tuning of the LaBSE encoder with the bidirectional additive margin softmax loss, in
+the same files as pretraining (labse_core.pretrain):
 
-`labse_core.finetune.train` is the trainer (`FinetuneConfig`, `run`, `main`), `data` its held-out
-split, language balance and batches, `ablation` the margin/init ablation arms; the loss itself is
-`labse_core.losses.ams`, the runtime it shares with pretraining `labse_core.training`. (Nothing is
+    config    FinetuneConfig (its loss: labse_core.losses.ams.AmsLossConfig) and the presets
+              (tiny_cpu, base_gpu, e5_cpu, e5_gpu)
+    data      the held-out split and language counts, language balance, exactly B pairs per data shard
+              per step (PairStreams), and which tokenizer makes the ids (labse_core.model.tokenizers)
+    train     the trainer (FineTuner, run, main: python -m labse_core.finetune.train)
+    ablation  the margin/init ablation arms
+
+The loss itself is labse_core.losses.ams, the held-out coin labse_core.data.held_out, the runtime it
+shares with pretraining labse_core.training. It never imports labse_core.pretrain. (Nothing is
 imported here, so that `python -m labse_core.finetune.train` runs the module once.)
 """

@@ -9,7 +9,7 @@ named after the arm. Its result is the held-out bidirectional retrieval accuracy
 training (`final_accuracy`; not the best evaluation: with few steps that could be the initial weights').
 
     from labse_core.finetune.ablation import ablation_arms, run_arm, final_accuracy
-    from labse_core.finetune.train import tiny_cpu
+    from labse_core.finetune.config import tiny_cpu
     base = tiny_cpu(vocab_size=8000, max_steps=300)
     for arm in ablation_arms(base, pretrained="labse_home/checkpoints/pretrain/tiny-cpu/final"):
         print(arm.name, final_accuracy(run_arm(arm)))
@@ -25,7 +25,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from labse_core.finetune.train import FinetuneConfig, FinetuneResult, run
+from labse_core.finetune.config import FinetuneConfig
+from labse_core.finetune.train import FinetuneResult, run
 from storage.layout import Layout
 
 
@@ -62,7 +63,7 @@ def ablation_arms(
     folder, e.g. multilingual-e5-small) when given. Arms differ from `base` only in margin,
     init_from, run_name (and, for `imported`, the IMPORTED_RECIPE fields of `e5_cpu`), and share
     train_fraction, steps, seed and held-out pairs; no resume, no final/ export, no start evaluation."""
-    from labse_core.finetune.train import e5_cpu
+    from labse_core.finetune.config import e5_cpu
 
     if not margins:
         raise ValueError("an ablation needs at least one margin")

@@ -1,8 +1,9 @@
 """Fine-tuning data: the held-out split, language balance, and exactly B pairs per data shard per step.
 
-Held-out pairs. A pair is held out when a hash of (src_text, tgt_text) falls below `eval_fraction`:
-the split is a pure function of the pair, the same on every rank, across resumes and across runs on
-the same shards, and needs no second copy of the data. At most `eval_max_pairs` of them (in file order)
+Held-out pairs. A pair is held out when a hash of (src_text, tgt_text) falls below `eval_fraction`
+(labse_core.data.held_out, the coin every stage tosses): the split is a pure function of the pair, the
+same on every rank, across resumes and across runs on the same shards, and needs no second copy of the
+data. At most `eval_max_pairs` of them (in file order)
 form the evaluation set; all of them are excluded from training.
 
 Language balance. The pair shards are language-mixed (every part file holds all languages, shuffled,
@@ -20,27 +21,31 @@ Global batch. Rank r reads data shards v = r * streams_per_rank + j (j < streams
 V = world_size x streams_per_rank, takes exactly `batch_size` pairs from each and concatenates them in
 shard order: the global batch is a function of V only. Incomplete batches never happen: a stream
 loops over epochs, and rejected rows are replaced by the next ones.
+
+Tokenizer. The pair shards hold ids of the tokenizer they were made with (tokenizer_dir, else the
+lake's); a model that brings its own vocabulary gets its pairs re-tokenized from their text
+(`text_tokenizer`, FinetuneConfig.retokenize; the decision is labse_core.model.tokenizers').
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from labse_core.data.batches import SpecialIds, sentence_batch
+from labse_core.data.held_out import held_out_score, is_held_out
 from labse_core.data.shards import ShardLoader, ShardStream, StreamConfig
+from labse_core.finetune.config import FinetuneConfig
+from labse_core.model import tokenizers
 from labse_core.training.distributed import DistEnv
-
-if TYPE_CHECKING:
-    from labse_core.finetune.train import FinetuneConfig
+from storage.layout import Layout
 
 PAIR_COLUMNS = ("src_lang", "tgt_lang", "src_text", "tgt_text", "src_ids", "tgt_ids")
 
@@ -49,20 +54,9 @@ PAIR_COLUMNS = ("src_lang", "tgt_lang", "src_text", "tgt_text", "src_ids", "tgt_
 # Held-out split and language counts
 
 
-def held_out_score(src_text: str, tgt_text: str, salt: str = "") -> float:
-    """A uniform number in [0, 1) that depends on the pair only (the held-out split's coin); another
-    salt gives an independent coin (the train_fraction subset)."""
-    digest = hashlib.blake2b(f"{salt}{src_text}\t{tgt_text}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
 def in_train_subset(src_text: str, tgt_text: str, fraction: float) -> bool:
     """Whether a (non-held-out) pair belongs to the `train_fraction` subset used for training."""
     return fraction >= 1.0 or held_out_score(src_text, tgt_text, salt="train\x00") < fraction
-
-
-def is_held_out(src_text: str, tgt_text: str, fraction: float) -> bool:
-    return fraction > 0 and held_out_score(src_text, tgt_text) < fraction
 
 
 def pair_language(row: dict) -> str:
@@ -114,6 +108,26 @@ def acceptance_probs(counts: dict[str, int], alpha: float) -> dict[str, float]:
     ratio = {k: p[k] / n for k, n in present.items()}
     top = max(ratio.values())
     return {k: r / top for k, r in ratio.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which tokenizer
+
+
+def shards_tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
+    """The tokenizer the pair shards' ids were made with: tokenizer_dir, else the lake's."""
+    return tokenizers.lake_tokenizer_dir(layout, cfg.tokenizer_dir)
+
+
+def model_tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
+    """The tokenizer that belongs to the model (written into best/ and final/): init_from's own, else
+    the shards'."""
+    return tokenizers.own_tokenizer_dir(cfg.init_from) or shards_tokenizer_dir(cfg, layout)
+
+
+def text_tokenizer(cfg: FinetuneConfig, layout: Layout) -> Any | None:
+    """The tokenizer to re-tokenize pair texts with, or None to train on the shards' ids (retokenize)."""
+    return tokenizers.text_tokenizer(model_tokenizer_dir(cfg, layout), shards_tokenizer_dir(cfg, layout), cfg.retokenize)
 
 
 # ---------------------------------------------------------------------------------------------------

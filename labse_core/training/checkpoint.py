@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from labse_core.faults import maybe_die
 from labse_core.training.config import RunConfig
 from labse_core.training.distributed import DistEnv, barrier, gather_objects
 from labse_core.training.result import TrainResult
+from storage.faults import maybe_die
 from storage.io import atomic_dir
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def start_mlflow(
 
             mlflow.set_tag(MLFLOW_PARENT_RUN_ID, cfg.mlflow_parent_run_id)
     else:
-        params = flat_params(cfg.model_dump(mode="json")) | {"world_size": env.world_size, "stage": stage}
+        params = tracking.flat_params(cfg.model_dump(mode="json")) | {"world_size": env.world_size, "stage": stage}
         mlflow.log_params(params | (extra_params or {}))
     write_json_atomic(record, {"mlflow_run_id": run.info.run_id})
     _RECORD[:] = [record]
@@ -63,18 +63,6 @@ def _recorded_run(record: Path) -> str | None:
         return run_id if MlflowClient().get_run(run_id).info.lifecycle_stage == "active" else None
     except (OSError, ValueError, KeyError, TypeError, MlflowException):
         return None
-
-
-def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys (`loss.margin`: comparable across runs in the MLflow UI);
-    lists as JSON."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out |= flat_params(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list | tuple) else v
-    return out
 
 
 def progress_bar(cfg: RunConfig, env: DistEnv, step: int, max_steps: int, desc: str):

@@ -10,7 +10,7 @@ import sentencepiece as spm
 
 from beam_jobs import gettext_ingest, prepare, shard, vocab
 from beam_jobs.options import BeamConfig
-from labse_core.finetune.data import is_held_out
+from labse_core.data.held_out import is_held_out
 from labse_core.vocab import CLS_ID, SEP_ID, VocabConfig, load_tokenizer
 from storage.layout import Layout
 from storage.schemas import CLEAN_PAIRS, SHARD_MLM, SHARD_PAIRS, SHARD_TLM

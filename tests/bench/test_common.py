@@ -135,7 +135,7 @@ def test_parse_or_run_child_runs_the_side_or_returns_the_arguments(tmp_path):
 def test_hf_training_args_carry_our_optimization(tmp_path):
     from transformers import TrainingArguments
 
-    from labse_core.finetune.train import tiny_cpu
+    from labse_core.finetune.config import tiny_cpu
 
     cfg = tiny_cpu(lr=3e-4, warmup_steps=2, weight_decay=0.02, grad_clip=0.5, seed=5)
     a = TrainingArguments(**common.hf_training_args(cfg, tmp_path, 7, False, per_device_train_batch_size=4))

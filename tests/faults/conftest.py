@@ -1,5 +1,5 @@
 """Shared helpers for fault tests: run a real ``labse`` command in a subprocess (optionally with a fault
-point armed, see ``labse_core.faults``) and fingerprint a folder so "intact" means byte-identical."""
+point armed, see ``storage.faults``) and fingerprint a folder so "intact" means byte-identical."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labse_core import faults
+from storage import faults
 
 SIGKILLED = -signal.SIGKILL  # subprocess's returncode for a process killed by SIGKILL
 

@@ -1,6 +1,6 @@
 """Data stages under faults: `labse prepare`, `labse vocab` and `labse shard` SIGKILLed mid-write, a full
 disk, two writers at once. Real CLI processes on real gettext catalogs; kills are real SIGKILLs at points
-chosen by a seeded random (``labse_core.faults`` hooks in the stage code, or a SIGKILL of the whole process
+chosen by a seeded random (``storage.faults`` hooks in the stage code, or a SIGKILL of the whole process
 group from outside once staging holds part files).
 
 Every kill test checks: the lake is byte-for-byte the previous version after the kill (once a reader ran:

@@ -3,7 +3,7 @@ it: each rerun of the same command resumes (only missing embedding chunks embedd
 run) and the published ``mined`` dataset ends up equal to an uninterrupted run's, every pair once, with
 nothing half-written visible after any kill.
 
-The miner is the real command in a subprocess (labse_core.faults picks the point) with a real exported
+The miner is the real command in a subprocess (storage.faults picks the point) with a real exported
 model folder: a tiny encoder, randomly initialised with a fixed seed, over a sentencepiece vocabulary
 trained on the inputs (German and English gettext messages of this machine, shuffled, some without their
 translation). The reference is the same settings mined in this process into another home.

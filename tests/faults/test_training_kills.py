@@ -3,7 +3,7 @@ folder, resume on the next invocation from the last complete checkpoint to the s
 uninterrupted run, in the same MLflow run (fine-tuning is first also killed before its first checkpoint).
 
 Each killed run is the real `labse pretrain` / `labse finetune` command in a subprocess, killed by
-labse_core.faults (LABSE_FAULT_AT): first after a step drawn by a seeded random after the first
+storage.faults (LABSE_FAULT_AT): first after a step drawn by a seeded random after the first
 checkpoint (``train.step:K``), then, on the rerun, inside the write of its first checkpoint
 (``checkpoint.writing``: model.pt written, optimizer.pt and trainer.pt not). A third invocation
 completes. The uninterrupted reference is the same configuration run in this process.
@@ -137,9 +137,11 @@ def _cli(stage: str, home: Path, settings: dict, result: Path, fault: str | None
 
 def _reference(stage: str, settings: dict, home: Path):
     if stage == "pretrain":
-        from labse_core.pretrain.train import run, tiny_cpu
+        from labse_core.pretrain.config import tiny_cpu
+        from labse_core.pretrain.train import run
     else:
-        from labse_core.finetune.train import run, tiny_cpu
+        from labse_core.finetune.config import tiny_cpu
+        from labse_core.finetune.train import run
     return run(tiny_cpu(**(settings | {"mlflow": False})), Layout(home))
 
 

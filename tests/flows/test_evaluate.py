@@ -172,9 +172,9 @@ def test_labse_mine_equals_brute_force_on_the_same_embeddings(model_dir, real_ca
 def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_path):
     import pyarrow as pa
 
+    from labse_core.data.held_out import is_held_out
     from labse_core.embed import encode
     from labse_core.evaluation import bucc
-    from labse_core.finetune.data import is_held_out
     from labse_core.gettext_catalog import catalog_pairs, read_mo
     from storage import tracking
     from storage.datasets import DatasetWriter

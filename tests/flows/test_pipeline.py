@@ -17,10 +17,10 @@ from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows.pipeline import EvaluateStageConfig, MineStageConfig, PipelineConfig, labse_pipeline, preset
 from flows.stage_cache import ATTEMPT_FILE
+from labse_core.data.held_out import is_held_out
 from labse_core.data.shards import shard_files
-from labse_core.finetune import train as finetune
-from labse_core.finetune.data import is_held_out
-from labse_core.pretrain.train import tiny_cpu
+from labse_core.finetune import config as finetune
+from labse_core.pretrain.config import tiny_cpu
 from labse_core.vocab import VocabConfig
 from storage import catalog, tracking
 from storage.layout import Layout
@@ -273,6 +273,7 @@ def test_ablation_flow_compares_arms_in_mlflow(summary):
     from mlflow import MlflowClient
 
     from flows.ablation import AblationConfig, labse_ablation
+    from labse_core.finetune.data import scan_pairs
 
     base = finetune.tiny_cpu(run_name="ablation", max_steps=20, warmup_steps=2, eval_every=10, log_every=10,
                              progress=False)
@@ -284,7 +285,7 @@ def test_ablation_flow_compares_arms_in_mlflow(summary):
     client = MlflowClient()
     parent = client.get_run(result.mlflow_run_id)
     shards = shard_files(Layout.from_env().dataset_dir(SHARD_PAIRS.relpath))
-    full = sum(finetune.scan_pairs(shards, base.eval_fraction, base.eval_max_pairs).train_counts.values())
+    full = sum(scan_pairs(shards, base.eval_fraction, base.eval_max_pairs).train_counts.values())
     first_loss = {}
     for name, a in arms.items():
         run = client.get_run(a.mlflow_run_id)

@@ -13,7 +13,7 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows.pipeline import EvaluateStageConfig, PipelineConfig, labse_pipeline, preset
-from labse_core.finetune import train as finetune
+from labse_core.finetune import config as finetune
 from labse_core.vocab import VocabConfig
 from storage import tracking
 from storage.layout import Layout

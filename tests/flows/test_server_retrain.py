@@ -10,7 +10,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from labse_core.finetune import train as finetune
+from labse_core.finetune import config as finetune
 from tests.flows.served import CATALOG, TERMINAL, labse, on_cron_grid, platform, wait_for
 
 BEAM = {"num_workers": 1, "running_mode": "in_memory"}

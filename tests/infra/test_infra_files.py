@@ -37,7 +37,7 @@ def _module_exists(name: str) -> bool:
 
 
 def _check_torchrun(args: list[str]) -> None:
-    from labse_core.finetune.train import PRESETS
+    from labse_core.finetune.config import PRESETS
 
     assert "-m" in args
     module = args[args.index("-m") + 1]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from labse_core.finetune.config import e5_cpu, e5_gpu
 from labse_core.finetune.data import retokenize
-from labse_core.finetune.train import e5_cpu, e5_gpu, run
+from labse_core.finetune.train import run
 from labse_core.model.encoder import LabseEncoder, preset
 from labse_core.vocab import load_tokenizer
 from storage.layout import Layout

@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from labse_core import export as export_mod
-from labse_core.embed import EMBEDDINGS_SCHEMA, embed_file, encode, main, read_lines
+from labse_core.embed import embed_file, encode, main, read_lines
 from labse_core.export import ModelCard, export_model, load_encoder
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import LabseEncoder, preset
 from labse_core.vocab import VocabConfig, export_hf_tokenizer, load_tokenizer, train_sentencepiece
+from storage.schemas import EMBEDDINGS_SCHEMA
 
 LOCALES = (
     "de fr es pl tr vi ru uk el he ar fa hi bn ta th ja zh_CN zh_TW ko ka hy am km my si".split()

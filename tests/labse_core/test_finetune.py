@@ -22,16 +22,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labse_core.data.held_out import held_out_score
 from labse_core.data.shards import shard_files, write_shards
 from labse_core.evaluation.retrieval import retrieval_accuracy
-from labse_core.finetune.data import PairBatcher, acceptance_probs, collate_pairs, held_out_score, scan_pairs
-from labse_core.finetune.train import (
-    FinetuneConfig,
-    build_encoder,
-    evaluate,
-    run,
-    tiny_cpu,
-)
+from labse_core.finetune.config import FinetuneConfig, tiny_cpu
+from labse_core.finetune.data import PairBatcher, acceptance_probs, collate_pairs, scan_pairs
+from labse_core.finetune.train import build_encoder, evaluate, run
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from storage.layout import Layout
 from storage.schemas import SHARD_PAIRS

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from labse_core.data.shards import shard_files
+from labse_core.finetune.config import FinetuneConfig
 from labse_core.finetune.data import collate_pairs
-from labse_core.finetune.train import FinetuneConfig, FineTuner, main
+from labse_core.finetune.train import FineTuner, main
 from labse_core.training.distributed import DistEnv
 from tests.labse_core.test_finetune import MAX_LEN, _cfg, corpus  # noqa: F401  (pytest fixture)
 

@@ -38,11 +38,11 @@ import torch
 from labse_core.data.batches import SpecialIds
 from labse_core.data.masking import make_tlm_example
 from labse_core.data.shards import write_shards
+from labse_core.finetune.config import tiny_cpu as finetune_tiny
 from labse_core.finetune.train import run as finetune_run
-from labse_core.finetune.train import tiny_cpu as finetune_tiny
 from labse_core.gettext_catalog import catalog_pairs, read_mo
+from labse_core.pretrain.config import tiny_cpu as pretrain_tiny
 from labse_core.pretrain.train import run as pretrain_run
-from labse_core.pretrain.train import tiny_cpu as pretrain_tiny
 from storage.layout import Layout
 from storage.schemas import SHARD_MLM, SHARD_PAIRS, SHARD_TLM
 

@@ -38,6 +38,8 @@ from labse_core.data.shards import (
 )
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import EncoderConfig, LabseEncoder, tiny, to_bert_config
+from labse_core.pretrain.config import PretrainConfig, base_gpu, tiny_cpu
+from labse_core.pretrain.data import PretrainCollator
 from labse_core.pretrain.model import (
     LabseForPretraining,
     grow_layers,
@@ -46,15 +48,7 @@ from labse_core.pretrain.model import (
     shrink_layers,
     stage_layers,
 )
-from labse_core.pretrain.train import (
-    PretrainCollator,
-    PretrainConfig,
-    Pretrainer,
-    base_gpu,
-    build_model,
-    run,
-    tiny_cpu,
-)
+from labse_core.pretrain.train import Pretrainer, build_model, run
 from labse_core.training.distributed import DistEnv
 from labse_core.training.optim import lr_at
 from storage.layout import Layout

@@ -33,21 +33,12 @@ import pytest
 import torch
 
 from labse_core.data.batches import special_ids_of
+from labse_core.data.held_out import is_held_out
 from labse_core.data.masking import IGNORE_INDEX, MaskingConfig, make_tlm_example
 from labse_core.data.shards import ShardStream, StreamConfig, shard_files
-from labse_core.finetune.data import is_held_out
-from labse_core.pretrain.train import (
-    NotHeldOut,
-    PretrainCollator,
-    Pretrainer,
-    build_model,
-    e5_continue_cpu,
-    e5_continue_gpu,
-    make_loader,
-    run,
-    save_final,
-    text_tokenizer,
-)
+from labse_core.pretrain.config import e5_continue_cpu, e5_continue_gpu
+from labse_core.pretrain.data import NotHeldOut, PretrainCollator, make_loader, text_tokenizer
+from labse_core.pretrain.train import Pretrainer, build_model, run, save_final
 from labse_core.training.distributed import DistEnv
 from labse_core.vocab import load_tokenizer
 from storage.layout import Layout
@@ -173,7 +164,9 @@ def test_a_run_feeds_tokenizer_ids_keeps_the_head_tied_and_writes_a_model_folder
     loads, embeds with mean pooling and the prefix, and fine-tuning warm-starts from it."""
     from labse_core.embed import encode
     from labse_core.export import load_encoder
-    from labse_core.finetune.train import FinetuneConfig, _tokenizer_dir, build_encoder
+    from labse_core.finetune.config import FinetuneConfig
+    from labse_core.finetune.data import model_tokenizer_dir
+    from labse_core.finetune.train import build_encoder
 
     tok = load_tokenizer(e5)
     texts = [t for f in shard_files(mlm_corpus.mlm) for t in pq.read_table(f, columns=["text"])["text"].to_pylist()]
@@ -232,7 +225,7 @@ def test_a_run_feeds_tokenizer_ids_keeps_the_head_tied_and_writes_a_model_folder
                         tokenizer_dir=str(pairs_corpus.tokenizer), mlflow=False, progress=False)
     warm = build_encoder(ft)
     assert torch.equal(warm.bert.state_dict()[KEY], encoder.bert.state_dict()[KEY]) and warm.cfg.pooling == "mean"
-    assert _tokenizer_dir(ft, Layout.from_env(tmp_path / "home")) == result.final_dir  # its pairs re-tokenized with it
+    assert model_tokenizer_dir(ft, Layout.from_env(tmp_path / "home")) == result.final_dir  # its pairs re-tokenized with it
 
 
 def test_which_tokenizer_and_the_refusals(e5, mlm_corpus, pairs_corpus, tmp_path):  # noqa: F811

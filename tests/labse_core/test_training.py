@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from labse_core.finetune.train import PRESETS as FINETUNE_PRESETS
-from labse_core.finetune.train import FinetuneConfig, tiny_cpu
-from labse_core.pretrain.train import PRESETS as PRETRAIN_PRESETS
-from labse_core.pretrain.train import PretrainConfig
+from labse_core.finetune.config import PRESETS as FINETUNE_PRESETS
+from labse_core.finetune.config import FinetuneConfig, tiny_cpu
+from labse_core.pretrain.config import PRESETS as PRETRAIN_PRESETS
+from labse_core.pretrain.config import PretrainConfig
 from labse_core.training.checkpoint import (
     checkpoint_steps,
     latest_checkpoint,

@@ -17,6 +17,9 @@ one list of them. A name in ``LABSE_FAULT_AT`` that is not in it is a one-line `
 the first ``maybe_die`` call, so a typo in a test cannot silently turn a kill test into a no-op. Add a point
 here in the same change that places its ``maybe_die`` call.
 
+It lives in ``storage`` (the bottom layer, standard library only) so that every layer can place a
+point: storage's own publish and manifest writes as well as the Beam jobs, trainers and miner above it.
+
 Cost when ``LABSE_FAULT_AT`` is unset: the environment is read once; each call is one global lookup and a
 ``None`` check.
 """
@@ -101,7 +104,7 @@ def _check(point: str) -> None:
         _TARGET = parse(_SPEC or "", os.environ.get(ENV_SEED))
     if point not in KNOWN_POINTS:
         # A call site with a name missing from the contract: fail the test run loudly.
-        raise FaultSpecError(f"maybe_die({point!r}): not in labse_core.faults.KNOWN_POINTS")
+        raise FaultSpecError(f"maybe_die({point!r}): not in storage.faults.KNOWN_POINTS")
     if point != _TARGET[0]:
         return
     _HITS += 1

@@ -1,4 +1,4 @@
-"""labse_core.faults: the hook kills for real, at the chosen hit, and only when asked."""
+"""storage.faults: the hook kills for real, at the chosen hit, and only when asked."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from labse_core import faults
+from storage import faults
 
 
 def _run(at: str | None, calls: list[str], seed: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,7 +21,7 @@ def _run(at: str | None, calls: list[str], seed: str | None = None) -> subproces
         env[faults.ENV_SEED] = seed
     code = (
         "import atexit, sys\n"
-        "from labse_core import faults\n"
+        "from storage import faults\n"
         "atexit.register(lambda: print('atexit ran', flush=True))\n"
         f"for i, p in enumerate({calls!r}, 1):\n"
         "    faults.maybe_die(p); print(i, flush=True)\n"
