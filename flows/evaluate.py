@@ -33,15 +33,9 @@ from labse_core.mining.miner import MineConfig
 from labse_core.mlflow_model import ModelSource, resolve_model_source
 from storage import catalog, tracking
 from storage.io import write_json_atomic
-from storage.layout import Layout, default_eval_sets
+from storage.layout import Layout, default_tatoeba_dir
 
 log = logging.getLogger(__name__)
-
-
-def default_tatoeba_dir() -> Path:
-    """The Tatoeba v1 folder beside the checkout (``../shared/data/tatoeba/v1``), or ``$LABSE_EVAL_SETS``'s."""
-    sets = [p for p in default_eval_sets() if p.is_dir()]
-    return sets[0] if sets else Path("tatoeba/v1")
 
 
 class TatoebaEvalConfig(BaseModel):

@@ -15,7 +15,8 @@ from beam_jobs.options import BeamConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
-from flows.pipeline import EvaluateStageConfig, MineStageConfig, PipelineConfig, labse_pipeline, preset
+from flows.pipeline import labse_pipeline
+from flows.presets import EvaluateStageConfig, MineStageConfig, PipelineConfig, preset
 from flows.stage_cache import ATTEMPT_FILE
 from labse_core.data.held_out import is_held_out
 from labse_core.data.shards import shard_files

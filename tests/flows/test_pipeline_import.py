@@ -12,7 +12,8 @@ from beam_jobs.options import BeamConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
-from flows.pipeline import EvaluateStageConfig, PipelineConfig, labse_pipeline, preset
+from flows.pipeline import labse_pipeline
+from flows.presets import EvaluateStageConfig, PipelineConfig, preset
 from labse_core.finetune import config as finetune
 from labse_core.vocab import VocabConfig
 from storage import tracking

@@ -7,7 +7,7 @@ import pytest
 
 from labse_core.evaluation import bucc
 from labse_core.mining.margin import Pairs
-from labse_core.mining.miner import MineConfig, mine_embeddings
+from labse_core.mining.miner import MineConfig, MinedRow, mine_embeddings
 from tests.labse_core.test_mining import brute_force, planted
 
 
@@ -48,6 +48,22 @@ def test_best_threshold_equals_trying_every_threshold():
     assert (got.f1, got.threshold, got.precision, got.recall) == pytest.approx(best)
     again = bucc.prf(pairs, gold, got.threshold)
     assert (again.f1, again.found, again.correct) == (pytest.approx(got.f1), got.found, got.correct)
+
+
+def test_mined_prf_scores_every_kept_row_as_a_set_would():
+    """The mine stage's F1: every row the miner kept (at or above its threshold in float32, as the miner
+    compares) is the answer, scored as the plain set computation does."""
+    rng = np.random.default_rng(2)
+    threshold = 1.06  # not a float32 value: a kept row's score may round to just below it
+    margins = np.append(rng.uniform(threshold, 1.4, size=29), np.float32(threshold)).astype(np.float32)
+    tgt = rng.permutation(30)
+    rows = [MinedRow(i, int(tgt[i]), "x", "y", 0.9, float(margins[i]), str(i)) for i in range(30)]
+    gold = frozenset((r.src_index, r.tgt_index) for r in rows[::3]) | {(100, 100), (101, 101)}
+    found = {(r.src_index, r.tgt_index) for r in rows}
+    p, r = len(found & gold) / len(found), len(found & gold) / len(gold)
+    got = bucc.mined_prf(rows, gold, threshold)
+    assert (got.found, got.precision, got.recall, got.f1) == (30, p, r, 2 * p * r / (p + r))
+    assert bucc.mined_prf([], gold, threshold).f1 == 0.0
 
 
 def test_xsim_equals_a_full_matrix_computation():
