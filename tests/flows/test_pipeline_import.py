@@ -26,7 +26,7 @@ def summary(prefect_harness, real_catalogs):
     beam = BeamConfig(num_workers=2)
     cfg = PipelineConfig(
         preset="test-import",
-        ingest=GettextIngestConfig(languages=["de"], domains=["coreutils", "glib20", "gtk30"], beam=beam),
+        ingest=GettextIngestConfig(languages=["de"], domains=["coreutils", "glib20"], beam=beam),
         prepare=PrepareConfig(beam=beam),
         vocab=VocabStageConfig(vocab=VocabConfig(vocab_size=1000, sample_size=5_000), beam=beam),
         shard=ShardConfig(beam=beam, tfrecord=False),
