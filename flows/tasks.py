@@ -11,6 +11,7 @@ folder, the held-out fraction, ...), the same values ``flows.stages`` derives th
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +159,8 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str, attempt: str | None 
     ``attempt``: the stage key (``stage_cache.run_stage`` passes it): a killed attempt with the same key resumes."""
     layout = Layout.from_env()
     t0 = time.perf_counter()
-    with stage_cache.training_lock(layout, "pretrain"), _training_attempt(layout, "pretrain", cfg.run_name, attempt) as resume:
+    with (stage_cache.training_lock(layout, "pretrain"),
+          _training_attempt(layout, "pretrain", cfg.run_name, attempt, parent_run_id) as resume):
         cfg = cfg.model_copy(update={"vocab_size": vocab_size_of(layout.vocab), "mlflow_parent_run_id": parent_run_id,
                                      "resume": resume})
         result = torchrun.train("pretrain", cfg, layout)  # under torchrun when there are several GPUs
@@ -182,18 +184,45 @@ def pretrain_stage(cfg: PretrainConfig, parent_run_id: str, attempt: str | None 
 
 
 @contextlib.contextmanager
-def _training_attempt(layout: Layout, stage: str, run_name: str, attempt: str | None) -> Iterator[bool]:
+def _training_attempt(layout: Layout, stage: str, run_name: str, attempt: str | None,
+                      parent_run_id: str | None = None) -> Iterator[bool]:
     """Yields whether a training stage continues a killed attempt of itself (``stage_cache.resume_attempt``);
-    marks the attempt finished when the body returns."""
+    marks the attempt finished when the body returns. MLflow runs a killed attempt left RUNNING are closed
+    first (``_close_killed_runs``)."""
     if attempt is None:
         yield False
         return
     root = layout.checkpoints(stage, run_name)
     resume = stage_cache.resume_attempt(root, attempt)
+    _close_killed_runs(root, parent_run_id, resume)
     if resume:
         get_run_logger().info("%s: continuing the interrupted attempt from its newest checkpoint in %s", stage, root)
     yield resume
     stage_cache.attempt_finished(root, attempt)
+
+
+def _close_killed_runs(root: Path, parent_run_id: str | None, resume: bool) -> None:
+    """A training run's record (``RUN_RECORD``) outlives it only when the run did not end; a SIGKILL runs no
+    ``finally``, so its MLflow run and the flow's run above it stay RUNNING forever. This attempt holds the
+    training lock (and a pipeline the lake lock): nothing else can be using them. Mark the earlier flow's run
+    KILLED, and the training run too unless this attempt reopens it (``resume``) and finishes it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from labse_core.training.tracking import RUN_RECORD
+
+    client = MlflowClient()
+    try:
+        run = client.get_run(json.loads((root / RUN_RECORD).read_text())["mlflow_run_id"])
+    except (OSError, ValueError, KeyError, TypeError, MlflowException):
+        return
+    parent = run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    for run_id in ([] if resume else [run.info.run_id]) + ([parent] if parent and parent != parent_run_id else []):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            get_run_logger().info("marked MLflow run %s KILLED: its process died with the training attempt in %s",
+                                  run_id, root)
 
 
 @task(name="import-encoder", task_run_name="import-{source}", **stage_cache.IO_RETRIES)
@@ -230,7 +259,8 @@ def finetune_stage(cfg: FinetuneConfig, parent_run_id: str, init_from: str | Non
     if init_from is not None:
         update["init_from"] = init_from
     t0 = time.perf_counter()
-    with stage_cache.training_lock(layout, "finetune"), _training_attempt(layout, "finetune", cfg.run_name, attempt) as resume:
+    with (stage_cache.training_lock(layout, "finetune"),
+          _training_attempt(layout, "finetune", cfg.run_name, attempt, parent_run_id) as resume):
         cfg = cfg.model_copy(update=update | {"resume": resume})
         result = torchrun.train("finetune", FinetuneConfig(**cfg.model_dump()), layout)  # torchrun on several GPUs
     seconds = time.perf_counter() - t0

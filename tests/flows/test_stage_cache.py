@@ -164,3 +164,49 @@ def test_a_training_stage_resumes_only_its_own_unfinished_attempt(tmp_path):
     assert stage_cache.resume_attempt(root, "k2") is False  # finished (a rerun with the cache off): start over
     (root / stage_cache.ATTEMPT_FILE).write_text("{not json")
     assert stage_cache.resume_attempt(root, "k2") is False  # unreadable: start over, never guess
+
+
+def test_the_runs_a_killed_training_attempt_left_running_are_closed(tmp_path, prefect_harness):
+    """A SIGKILLed training attempt leaves its MLflow run and the flow's run above it RUNNING. The next
+    attempt (flows.tasks._close_killed_runs, inside the training stage's task) marks the old flow run
+    KILLED, and the training run too unless it resumes it (the trainer then reopens and finishes it); runs
+    that ended (a training run that raised is FAILED) are left as they are."""
+    import json
+
+    from mlflow import MlflowClient
+    from prefect import flow
+
+    from flows.tasks import _close_killed_runs
+    from labse_core.training.tracking import RUN_RECORD
+    from storage import tracking
+
+    tracking.configure(Layout.from_env())
+    client = MlflowClient()
+    experiment = client.create_experiment(f"killed-attempts-{tmp_path.name}")
+
+    def killed_attempt(root: Path) -> tuple[str, str]:
+        parent = client.create_run(experiment).info.run_id
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+        root.mkdir()
+        (root / RUN_RECORD).write_text(json.dumps({"mlflow_run_id": run}))
+        return parent, run
+
+    @flow
+    def next_attempt(root: Path, resume: bool) -> None:
+        _close_killed_runs(root, "the-new-flow-run", resume)
+
+    def status(*run_ids: str) -> tuple[str, ...]:
+        return tuple(client.get_run(r).info.status for r in run_ids)
+
+    resumed = killed_attempt(tmp_path / "resumed")
+    next_attempt(tmp_path / "resumed", True)
+    assert status(*resumed) == ("KILLED", "RUNNING")
+    restarted = killed_attempt(tmp_path / "restarted")
+    next_attempt(tmp_path / "restarted", False)
+    assert status(*restarted) == ("KILLED", "KILLED")
+    failed = killed_attempt(tmp_path / "failed")
+    for run_id in failed:
+        client.set_terminated(run_id, "FAILED")
+    next_attempt(tmp_path / "failed", False)
+    assert status(*failed) == ("FAILED", "FAILED")
+    next_attempt(tmp_path / "none", False)  # no record: nothing to close, no error
