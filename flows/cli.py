@@ -137,10 +137,37 @@ def _print_summary(summary) -> None:
     if summary.cached:
         console.print(f"skipped:     {', '.join(summary.cached)} (config, inputs and code unchanged since they ran; "
                       "--config with {\"cache\": false} reruns them)")
+    _print_tatoeba(summary.stages)
     console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
     console.print(f"Prefect run: {summary.prefect_flow_run_id}  (labse ui prefect)")
     views = ", ".join(summary.views)
     console.print(f"catalog:     views {views}; try  labse sql \"SELECT lang, count(*) AS pairs FROM corpus_raw GROUP BY 1 ORDER BY 2 DESC\"")
+
+
+def _print_tatoeba(stages) -> None:
+    """The Tatoeba numbers of the imported and the fine-tuned model side by side (percent), the gate's
+    deciding column first, and which version the gate made champion."""
+    by = {s.stage: s for s in stages}
+    rows = [(name, by[stage].stats["gate_values"], by.get(reg)) for name, stage, reg in
+            (("import (zero-shot)", "evaluate (imported)", "register (imported)"), ("fine-tuned", "evaluate", "register"))
+            if stage in by and by[stage].stats.get("gate_values")]
+    if not rows:
+        return
+    columns = list(rows[0][1])
+    sample = by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats.get("tatoeba_sample")
+    where = f"the fixed sample of {sample} pairs per language" if sample else "every pair"
+    t = Table(title=f"Tatoeba accuracy, % ({where}; the first column decides the registry gate)", title_justify="left")
+    for col in ["model", *columns]:
+        t.add_column(col.removeprefix("tatoeba_").removesuffix(f"_sample{sample}"),
+                     justify="left" if col == "model" else "right")
+    for name, values, reg in rows:
+        version = f" v{reg.stats['registered_version']}" if reg is not None else ""
+        t.add_row(name + version, *[f"{100 * values[c]:.1f}" if c in values else "" for c in columns])
+    console.print(t)
+    reg = by.get("register") or by.get("register (imported)")
+    if reg is not None and reg.stats.get("registered_version") is not None:
+        holder = reg.stats["registered_version"] if reg.stats["promoted"] else reg.stats["champion_version"]
+        console.print(f"champion:    models:/{reg.path.split('/')[1]}@champion = version {holder} ({reg.stats['reason']})")
 
 
 def _run_pipeline(config) -> None:
@@ -486,6 +513,7 @@ def ablation(
         t.add_row(a.arm, f"{a.final_accuracy:.4f}", str(a.steps), f"{a.train_pairs:,}")
     console.print(t)
     console.print(f"plot:        {summary.plot}")
+    _print_tatoeba(summary.stages)
     console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
 
 

@@ -121,13 +121,13 @@ def labse_pipeline(config: PipelineConfig | None = None) -> PipelineSummary:
             fine, eval_pairs = run(stages.FINETUNE, config.finetune, init_from=init_from)
             summaries.append(fine)
             model_dir, fraction = fine.path, config.finetune.eval_fraction
-            known: dict[str, float] = {}
+            known: dict[str, Any] = {}
             if imported is not None:
                 # The import, zero-shot, measured and registered first: the gate then compares the
                 # fine-tuned model against it, so the champion never falls below it.
                 summaries += _evaluate_and_register_import(config, imported, fraction, eval_pairs, run)
-                if summaries[-1].stage == "register (imported)" and summaries[-1].stats.get("primary") is not None:
-                    known[str(summaries[-1].stats["registered_version"])] = summaries[-1].stats["primary"]
+                if summaries[-1].stage == "register (imported)" and summaries[-1].stats.get("gate_values"):
+                    known[str(summaries[-1].stats["registered_version"])] = summaries[-1].stats["gate_values"]
             evaluation: dict[str, Any] = {}
             trained = fine.stats.get("best_step") is not None
             if config.evaluate is not None and trained:

@@ -122,7 +122,7 @@ def _mine_inputs(layout: Layout, cfg: MineStageConfig, model_dir: str, held_out_
 
 
 def _register_inputs(layout: Layout, cfg: RegisterStageConfig, model_dir: str, finetune_run_id: str, eval_pairs: list,
-                     evaluation: dict[str, Any], known_primaries: dict[str, float] | None = None) -> dict[str, Any]:
+                     evaluation: dict[str, Any], known_primaries: dict[str, Any] | None = None) -> dict[str, Any]:
     # The held-out pairs themselves, not how they were picked: whoever picked them, the key is what the gate scores.
     return _reads(layout, sc.folder(model_dir), CLEAN, model=model_dir, pairs=stable_hash(eval_pairs),
                   evaluation={k: v for k, v in evaluation.items() if not k.endswith("run_id")}, known=known_primaries)

@@ -32,6 +32,7 @@ from flows.evaluate import BuccEvalConfig, MineRunConfig, TatoebaEvalConfig, run
 from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig
 from flows.reporting import plot_partition_rows, plot_training, publish_markdown, publish_prefect_artifacts
 from labse_core.evaluation.results import attach_registry_version
+from labse_core.evaluation.tatoeba import gate_metrics
 from labse_core.finetune.config import FinetuneConfig
 from labse_core.logfmt import num
 from labse_core.pretrain.config import PretrainConfig
@@ -304,12 +305,16 @@ def evaluate_stage(cfg: EvaluateStageConfig, parent_run_id: str, model_dir: str,
     stats: dict[str, Any] = {}
     rows = 0
     if cfg.tatoeba and cfg.tatoeba_data.is_dir():
-        langs = cfg.tatoeba_langs or run_languages(layout, cfg.tatoeba_data)
-        if langs:
+        langs = None if cfg.tatoeba_langs == "all" else cfg.tatoeba_langs or run_languages(layout, cfg.tatoeba_data)
+        if langs is None or langs:
             rep = run_tatoeba(TatoebaEvalConfig(model=model_dir, data=cfg.tatoeba_data, langs=langs,
+                                                sample=cfg.tatoeba_sample, precision=cfg.tatoeba_precision,
                                                 parent_run_id=parent_run_id, prefect_artifacts=True), layout)
             ev = rep.result.group("evaluated")
-            stats |= {"tatoeba_langs": langs, "tatoeba_mean": ev.acc, "tatoeba_run_id": rep.run_id}
+            gate, values = gate_metrics(rep.result)
+            stats |= {"tatoeba_langs": [x.code for x in rep.result.languages], "tatoeba_mean": ev.acc,
+                      "tatoeba_sample": cfg.tatoeba_sample, "tatoeba_precision": rep.summary["precision"],
+                      "tatoeba_run_id": rep.run_id, "gate_primary": gate, "gate_values": values}
             stats |= {f"tatoeba_{g.group}": g.acc for g in rep.result.groups}
             rows += rep.rows
     if cfg.bucc:
@@ -323,8 +328,9 @@ def evaluate_stage(cfg: EvaluateStageConfig, parent_run_id: str, model_dir: str,
             rows += rep.rows
         except ValueError as e:  # too few held-out pairs in every language: say so, the run goes on
             stats["bucc_skipped"] = str(e)
-    logger.info("evaluate: Tatoeba mean %s over %d languages, BUCC F1 %s, xSIM error %s", num(stats.get("tatoeba_mean"), ".4f"),
-                len(stats.get("tatoeba_langs", [])), num(stats.get("bucc_f1"), ".4f"), num(stats.get("xsim_error"), ".4f"))
+    shown = ", ".join(f"{k} {num(v, '.4f')}" for k, v in stats.get("gate_values", {}).items()) or "Tatoeba not run"
+    logger.info("evaluate: %s (%d languages), BUCC F1 %s, xSIM error %s", shown, len(stats.get("tatoeba_langs", [])),
+                num(stats.get("bucc_f1"), ".4f"), num(stats.get("xsim_error"), ".4f"))
     return StageSummary(stage="evaluate", dataset="eval_results", rows=rows, partitions=0, files=0,
                         seconds=time.perf_counter() - t0, path=str(layout.dataset_dir("eval/results")),
                         mlflow_run_id=stats.get("tatoeba_run_id") or stats.get("bucc_run_id") or "", stats=stats)
@@ -374,10 +380,20 @@ def mine_stage(cfg: MineStageConfig, parent_run_id: str, model_dir: str, held_ou
                         stats=score | {"dropped": rep.summary["dropped"]})
 
 
+def _gate_name(langs: list[str], data: Path, sample: int | None) -> str:
+    """The deciding metric's name when the gate measures both models itself (no evaluate stage ran):
+    ``tatoeba.gate_metrics``'s, worked out from the languages alone."""
+    from labse_core.evaluation.tatoeba import ALL
+    from labse_core.readers.tatoeba import select_languages
+
+    suffix = "" if sample is None else f"_sample{sample}"
+    return f"tatoeba_{ALL}{suffix}" if set(select_languages(data)) <= set(langs) else f"tatoeba_mean{suffix}"
+
+
 @task(name="register", task_run_name="register", **stage_cache.IO_RETRIES)
 def register_stage(cfg: RegisterStageConfig, parent_run_id: str, model_dir: str, finetune_run_id: str,
                    eval_pairs: list, evaluation: dict[str, Any],
-                   known_primaries: dict[str, float] | None = None) -> StageSummary:
+                   known_primaries: dict[str, Any] | None = None) -> StageSummary:
     """The registry gate: ``model_dir`` (logged into the fine-tuning run ``finetune_run_id``) becomes a new
     version of ``cfg.name``; ``@champion`` moves when it beats the holder on Tatoeba over the run's
     languages (held-out accuracy on ``eval_pairs`` breaks ties; ``gate_decision``). ``evaluation``: the
@@ -389,12 +405,17 @@ def register_stage(cfg: RegisterStageConfig, parent_run_id: str, model_dir: str,
     registered_model = cfg.name
     layout = Layout.from_env()
     t0 = time.perf_counter()
-    langs = evaluation.get("tatoeba_langs")
+    langs, sample = evaluation.get("tatoeba_langs"), evaluation.get("tatoeba_sample")
     tags = lineage_tags(layout, preset=cfg.preset, flow_run_id=str(flow_run.get_id() or ""), pipeline_run_id=parent_run_id)
     kwargs: dict[str, Any] = {"cache_dir": layout.model_cache, "tags": tags}
     if langs:
-        kwargs |= {"primary": lambda embed: tat.evaluate_tatoeba(embed, cfg.tatoeba_data, langs).group("evaluated").acc,
-                   "primary_name": "tatoeba_mean", "candidate_primary": evaluation["tatoeba_mean"],
+        # The same languages, sample and precision as the evaluate stage: the holder is measured as the
+        # candidate was (tat.gate_metrics: all-112 decides when complete; XTREME-36 ... as columns).
+        kwargs |= {"primary": lambda embed: tat.gate_metrics(tat.evaluate_tatoeba(embed, cfg.tatoeba_data, langs,
+                                                                                  sample=sample))[1],
+                   "primary_name": evaluation.get("gate_primary") or _gate_name(langs, cfg.tatoeba_data, sample),
+                   "candidate_primary": evaluation.get("gate_values"),
+                   "precision": evaluation.get("tatoeba_precision") or "fp32",
                    # versions this run already measured on the same languages (the import): not twice
                    "known_primaries": known_primaries}
     with mlflow.start_run(run_id=finetune_run_id, nested=True):
@@ -406,6 +427,9 @@ def register_stage(cfg: RegisterStageConfig, parent_run_id: str, model_dir: str,
                             model_uri=str(Path(model_dir).resolve()), name=registered_model, version=str(promo.version))
     stats = {"registered_version": promo.version, "promoted": promo.promoted, "reason": promo.reason,
              "primary_name": promo.primary_name, "primary": promo.primary, "champion_primary": promo.champion_primary,
+             "gate_values": ({promo.primary_name: promo.primary} | promo.columns) if langs else None,
+             "champion_gate_values": ({promo.primary_name: promo.champion_primary} | promo.champion_columns
+                                      if promo.champion_primary is not None else None),
              "held_out_accuracy": promo.accuracy, "champion_accuracy": promo.champion_accuracy,
              "champion_version": promo.champion_version}
     verdict = (f"now models:/{registered_model}@champion" if promo.promoted
@@ -414,6 +438,8 @@ def register_stage(cfg: RegisterStageConfig, parent_run_id: str, model_dir: str,
     shown = f"**now `models:/{registered_model}@champion`**" if promo.promoted else verdict
     publish_markdown("register", [f"### register: `{registered_model}` version {promo.version}: {shown}",
                                   f"- {promo.primary_name}: {promo.primary:.4f} vs champion {num(promo.champion_primary, '.4f')}",
+                                  *[f"- {k}: {v:.4f} vs champion {num(promo.champion_columns.get(k), '.4f')}"
+                                    for k, v in promo.columns.items()],
                                   f"- held-out accuracy: {promo.accuracy:.4f} vs champion {num(promo.champion_accuracy, '.4f')}",
                                   f"- rule: {promo.reason}"])
     get_run_logger().info("register: %s version %s, %s (%s)", registered_model, promo.version, verdict, promo.reason)

@@ -41,9 +41,11 @@ XTREME_36 = tuple(
 """The 36 Tatoeba languages of XTREME (LaBSE reports 95.0 over them)."""
 XNLI_14 = tuple("ara bul cmn deu ell fra hin rus spa swh tha tur urd vie".split())
 """The 14 XNLI languages."""
+MAJOR_14 = tuple("ara cmn deu fra ita jpn kor nld pol por rus spa tha tur".split())
+"""14 major languages in 7 scripts (the platform's earlier 14-language gate; a column beside all112)."""
 ALL = "all112"
 
-GROUPS: dict[str, tuple[str, ...] | None] = {"xtreme36": XTREME_36, "xnli14": XNLI_14, ALL: None}
+GROUPS: dict[str, tuple[str, ...] | None] = {"xtreme36": XTREME_36, "xnli14": XNLI_14, "major14": MAJOR_14, ALL: None}
 """Named groups of Tatoeba file codes; None: every language of the set."""
 
 DIRECTIONS = ("xx->en", "en->xx", "both")
@@ -279,6 +281,26 @@ def evaluate_tatoeba(
         data = sample_languages(data, sample)
     scores = score_languages(embed, data)
     return TatoebaResult(scores, group_scores(scores, select_languages(root), trained), sample)
+
+
+def gate_metrics(result: TatoebaResult) -> tuple[str, dict[str, float]]:
+    """The registry gate's numbers from one Tatoeba result: (the deciding metric's name, {name: value}).
+
+    Deciding: the all-112 mean (the paper's headline) when every language of the set was evaluated,
+    else the mean over the languages evaluated (``tatoeba_mean``). Beside it, as columns that do not
+    decide, every other named group evaluated in full (``tatoeba_xtreme36``, ``tatoeba_xnli14``,
+    ``tatoeba_major14``). On a fixed sample the names carry it (``tatoeba_all112_sample300``): a sample's
+    figure is never recorded under the whole set's name."""
+    suffix = "" if result.sample is None else f"_{result.split}"
+    whole = result.complete_group(ALL)
+    name = f"tatoeba_{ALL}{suffix}" if whole is not None else f"tatoeba_mean{suffix}"
+    deciding = whole if whole is not None else result.group("evaluated")
+    if deciding is None:
+        raise ValueError("no Tatoeba language was evaluated")
+    values = {name: deciding.acc}
+    values |= {f"tatoeba_{g.group}{suffix}": g.acc for g in result.groups
+               if g.complete and g.group in GROUPS and g.group != ALL}
+    return name, values
 
 
 def result_rows(result: TatoebaResult) -> list[dict]:

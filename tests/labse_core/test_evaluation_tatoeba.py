@@ -104,10 +104,27 @@ def test_a_partial_group_is_labelled_with_its_count_never_as_the_full_figure():
     assert by["xtreme36"].label == "xtreme36 (7/36)" and by["evaluated"].label == "evaluated"
     assert result.complete_group(tat.ALL) is None and result.complete_group("evaluated") is by["evaluated"]
     names = {r["language"] for r in tat.result_rows(result) if r["scope"] == "group"}
-    assert names == {"all112 (8/112)", "xtreme36 (7/36)", "xnli14 (5/14)", "evaluated"}
+    assert names == {"all112 (8/112)", "xtreme36 (7/36)", "xnli14 (5/14)", "major14 (6/14)", "evaluated"}
     assert set(result.summary()["groups"]) == names
     whole = tat.TatoebaResult(s, tat.group_scores(s, [d.code for d in data]))  # a set of these 8 only
     assert whole.complete_group(tat.ALL).label == tat.ALL
+
+
+def test_gate_metrics_decide_on_all112_only_when_complete_and_name_the_sample():
+    data = tat.load_tatoeba(TATOEBA, tat.MAJOR_14)
+    s = tat.score_languages(ngram_embed, data)
+    mean = float(np.mean([x.acc for x in s]))
+    partial = tat.TatoebaResult(s, tat.group_scores(s, list_languages(TATOEBA)))
+    # 14 of 112: the deciding number is the mean over them, never "all112"; major14 is complete: a column.
+    assert tat.gate_metrics(partial) == ("tatoeba_mean", {"tatoeba_mean": pytest.approx(mean),
+                                                          "tatoeba_major14": pytest.approx(mean)})
+    # A set made of these 14 only: all112 (every language of the set) decides; a sample names itself.
+    whole = tat.TatoebaResult(s, tat.group_scores(s, tat.MAJOR_14), sample=300)
+    name, values = tat.gate_metrics(whole)
+    assert name == "tatoeba_all112_sample300"
+    assert values == {name: pytest.approx(mean), "tatoeba_major14_sample300": pytest.approx(mean)}
+    with pytest.raises(ValueError, match="no Tatoeba language"):
+        tat.gate_metrics(tat.TatoebaResult([], []))
 
 
 def test_the_gate_sample_is_the_same_fixed_subset_whatever_the_model():
