@@ -325,7 +325,66 @@ def serve_load(stem: str, r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pct(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def tatoeba_gate(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    groups = ("all112", "xtreme36", "xnli14", "major14")
+    rows = []
+    for name, model in m["models"].items():
+        for part, label in (("full", "whole set"), ("sample", f"sample {r['ours']['sample']}")):
+            g = model[part]["groups"]
+            rows.append([name if part == "full" else "", label, *[_pct(g[k]) if k in g else "" for k in groups],
+                         _n(model[part]["seconds"], 0)])
+    lines = _table(["model", "set", *groups, "seconds"], rows, [False, False, True, True, True, True, True])
+    lines += ["", "How the sample tracks the whole set, per language:", ""]
+    lines += _table(["model", "languages", "Spearman", "mean offset (points)", "largest offset"],
+                    [[n, str(x["agreement"]["languages"]), f"{x['agreement']['spearman']:.3f}",
+                      f"{x['agreement']['mean_offset']:+.1f}", f"{x['agreement']['max_abs_offset']:.1f}"]
+                     for n, x in m["models"].items()], [False, True, True, True, True])
+    for name, g in m["gains"].items():
+        lines += ["", f"- {name} minus {m['compared_with']}: all112 {g['all112_full']:+.2f} on the whole set, "
+                      f"{g['all112_sample']:+.2f} on the sample; per-language differences: Spearman {g['spearman']:.3f}, "
+                      f"the same sign for {100 * g['same_sign']:.0f}% of the languages."]
+    names = list(m["models"])
+    codes = sorted(m["models"][names[0]]["full"]["languages"])
+    lines += ["", "Per language, whole set (both directions averaged, %):", ""]
+    lines += _table(["language", *names], [[c, *[_pct(m["models"][n]["full"]["languages"][c]) for n in names]]
+                                           for c in codes], [False, *[True] * len(names)])
+    return lines + ["", _source(stem, r)]
+
+
+def levers(stem: str, r: dict[str, Any]) -> list[str]:
+    """``labse ablation --levers FILE --tatoeba-sample N --json`` (an AblationSummary)."""
+    cols = list((r.get("start") or {}).get("tatoeba") or next((a["tatoeba"] for a in r["arms"] if a["tatoeba"]), {}))
+    short = [c.removeprefix("tatoeba_").rsplit("_sample", 1)[0] for c in cols]
+    rows = []
+    if r.get("start"):
+        rows.append(["starting model (zero-shot)", "", "", "", "", "", *[_pct(100 * r["start"]["tatoeba"][c]) for c in cols]])
+    for a in r["arms"]:
+        changes = ", ".join(f"{k}={v}" for k, v in a["overrides"].items())
+        rows.append([a["arm"], changes, str(a["steps"]), f"{a['train_pairs']:,}", f"{a['seconds'] / 60:.1f}",
+                     f"{a['final_accuracy']:.3f}", *[_pct(100 * (a["tatoeba"] or {}).get(c, float("nan"))) for c in cols]])
+    sample = cols[0].rsplit("_sample", 1)[1] if cols and "_sample" in cols[0] else None
+    head = ["arm", "changes from the base", "steps", "pairs seen", "train min", "held-out acc", *short]
+    base = r.get("base") or {}
+    keep = ("max_steps", "batch_size", "lr", "balance_alpha", "freeze_layers", "max_len", "bf16")
+    return _table(head, rows, [False, False, True, True, True, True, *[True] * len(cols)]) + [
+        "",
+        f"- Tatoeba: % on all 112 languages' fixed sample of {sample} pairs each (the registry gate's measure)"
+        if sample else "- Tatoeba: % on all 112 languages",
+        f"- base recipe: {', '.join(f'{k}={base[k]}' for k in keep if k in base)}; warm start `{base.get('init_from')}`",
+        "",
+        f"Source: `bench/results/{stem}.json`, `{r.get('command', 'labse ablation --levers')}`"
+        + (f", {r['created'][:10]}" if r.get("created") else "") + ".",
+    ]
+
+
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
+    "tatoeba_gate": tatoeba_gate,
+    "levers": levers,
     "prepare_bench": prepare_bench,
     "pretrain_bench": pretrain_bench,
     "finetune_bench": finetune_bench,

@@ -475,6 +475,46 @@ def finetune(ctx: typer.Context) -> None:
     _run_trainer("finetune", finetune_main, ctx.args)
 
 
+def _scores(values: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('tatoeba_')} {100 * v:.2f}" for k, v in values.items())
+
+
+def _lever_file(path: Path):
+    """``labse ablation --levers FILE``: (the base FinetuneConfig, {arm: overrides}); bad content raises
+    ValueError naming the file."""
+    from pydantic import ValidationError
+
+    from labse_core.finetune.ablation import Lever, lever_arms
+    from labse_core.finetune.config import PRESETS
+
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"--levers {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--levers {path}:{e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("levers"), dict) or not spec["levers"]:
+        raise ValueError(f"--levers {path}: expected {{\"base\": {{...}}, \"levers\": {{NAME: {{FIELD: VALUE}}}}}}")
+    base = dict(spec.get("base") or {})
+    name = base.pop("preset", "e5_cpu")
+    if name not in PRESETS:
+        raise ValueError(f"--levers {path}: base.preset {name!r} is not one of {', '.join(PRESETS)}")
+    try:
+        cfg = PRESETS[name](**base)
+    except ValidationError as e:
+        raise ValueError(f"--levers {path}: base: {_explain(e)}") from None
+    bad = [k for k, v in spec["levers"].items() if not isinstance(v, dict)]
+    if bad:
+        raise ValueError(f"--levers {path}: lever {bad[0]!r} is not an object of FinetuneConfig fields")
+    try:  # every arm's config, built now: a bad field is this file's error, not the flow's
+        lever_arms(cfg, [Lever(k, v) for k, v in spec["levers"].items()])
+    except ValidationError as e:
+        raise ValueError(f"--levers {path}: {_explain(e)}") from None
+    except ValueError as e:
+        raise ValueError(f"--levers {path}: {e}") from None
+    return cfg, spec["levers"]
+
+
 @app.command()
 def ablation(
     pretrained: Annotated[Path | None, typer.Option(help="Encoder for the warm-started arms (default: the pipeline's).")] = None,
@@ -482,6 +522,9 @@ def ablation(
     steps: Annotated[int, typer.Option(help="Training steps per arm.")] = 300,
     train_fraction: Annotated[float, typer.Option(help="Fraction of the training pairs every arm sees.")] = 0.2,
     margin: Annotated[list[float] | None, typer.Option(help="Margins compared (repeatable; default 0 and 0.3).")] = None,
+    levers: Annotated[Path | None, typer.Option(help="Lever mode: a JSON file {\"base\": {\"preset\": \"e5_cpu\", FIELD: VALUE...}, \"levers\": {NAME: {FIELD: VALUE...}}} (bench/levers_cpu.json); --steps and --train-fraction then come from the file.")] = None,
+    tatoeba_sample: Annotated[int | None, typer.Option(min=2, help="Score every arm's best checkpoint on Tatoeba's 112 languages, this many pairs each (the gate's: 300).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary (every arm, its overrides and scores) to this JSON file.")] = None,
 ) -> None:
     """Run the labse-ablation flow on the lake's pair shards (after `labse demo`)."""
     from pydantic import ValidationError
@@ -489,16 +532,21 @@ def ablation(
     from flows.ablation import AblationConfig, labse_ablation
     from labse_core.finetune.config import tiny_cpu
     from labse_core.vocab import vocab_size_of
+    from storage.io import write_json_atomic
     from storage.layout import Layout
 
     if pretrained is not None and not pretrained.is_dir():
         _fail(f"--pretrained {pretrained} is not a folder")
     try:
-        cfg = AblationConfig(base=tiny_cpu(run_name="ablation", max_steps=steps, eval_every=max(1, steps // 6)),
-                             pretrained=str(pretrained) if pretrained else None, train_fraction=train_fraction,
-                             imported=str(imported) if imported else None,
-                             **({"margins": margin} if margin else {}))
-    except (ValueError, ValidationError) as e:
+        base, lever_arms = (tiny_cpu(run_name="ablation", max_steps=steps, eval_every=max(1, steps // 6)), None)
+        if levers is not None:
+            base, lever_arms = _lever_file(levers)
+        cfg = AblationConfig(base=base, pretrained=str(pretrained) if pretrained else None, train_fraction=train_fraction,
+                             imported=str(imported) if imported else None, levers=lever_arms,
+                             tatoeba_sample=tatoeba_sample, **({"margins": margin} if margin else {}))
+    except ValidationError as e:
+        _fail(f"bad ablation settings: {_explain(e)}")
+    except ValueError as e:
         _fail(f"bad ablation settings: {e}")
     try:  # before the flow starts: a missing lake is the user's first mistake, not a flow failure
         vocab_size_of(Layout.from_env().vocab)
@@ -512,8 +560,20 @@ def ablation(
     for a in summary.arms:
         t.add_row(a.arm, f"{a.final_accuracy:.4f}", str(a.steps), f"{a.train_pairs:,}")
     console.print(t)
+    if summary.start is not None:
+        console.print(f"starting model: {_scores(summary.start['tatoeba'])}")
+    for a in summary.arms:
+        if a.tatoeba:
+            console.print(f"{a.arm}: {_scores(a.tatoeba)}")
     console.print(f"plot:        {summary.plot}")
-    _print_tatoeba(summary.stages)
+    if json_out is not None:
+        import datetime as dt
+        import shlex
+
+        write_json_atomic(json_out, summary.model_dump(mode="json") | {
+            "command": shlex.join(["labse", *sys.argv[1:]]),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        console.print(f"summary:     {json_out}")
     console.print(f"MLflow run:  {summary.mlflow_run_id}  (labse ui mlflow)")
 
 

@@ -304,6 +304,10 @@ def evaluate_stage(cfg: EvaluateStageConfig, parent_run_id: str, model_dir: str,
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
     rows = 0
+    if cfg.tatoeba and not cfg.tatoeba_data.is_dir():
+        logger.warning("evaluate: Tatoeba skipped: %s is not a folder (set LABSE_EVAL_SETS to the Tatoeba v1 "
+                       "folder, or evaluate.tatoeba_data); the gate falls back to held-out pair accuracy",
+                       cfg.tatoeba_data)
     if cfg.tatoeba and cfg.tatoeba_data.is_dir():
         langs = None if cfg.tatoeba_langs == "all" else cfg.tatoeba_langs or run_languages(layout, cfg.tatoeba_data)
         if langs is None or langs:

@@ -374,6 +374,43 @@ def test_ablation_flow_compares_arms_in_mlflow(summary):
     assert [r["arm"] for r in table["arms"]] == [a.arm for a in result.arms]
 
 
+def test_lever_mode_trains_each_lever_and_scores_it_on_all_112_languages(summary):
+    """Lever mode: one arm per lever, each with its fields changed from the base and nothing else, scored
+    (as the starting model is) on Tatoeba's 112 languages exactly as the registry gate scores a model."""
+    from flows.ablation import AblationConfig, labse_ablation
+    from flows.evaluate import embedder, resolved_precision
+    from labse_core.evaluation import tatoeba as tat
+
+    pre = Path(stage(summary, "pretrain").path)
+    base = finetune.tiny_cpu(run_name="levers", init_from=str(pre), max_steps=12, warmup_steps=2, eval_every=6,
+                             log_every=6, progress=False)
+    levers = {"lr 1e-4": {"lr": 1e-4}, "uniform languages": {"balance_alpha": 0.0}}
+    result = labse_ablation(AblationConfig(base=base, levers=levers, tatoeba_sample=5))
+    assert [a.arm for a in result.arms] == list(levers) and result.base["init_from"] == str(pre)
+    client = MlflowClient()
+    name = "tatoeba_all112_sample5"
+    for a in result.arms:
+        params = client.get_run(a.mlflow_run_id).data.params
+        assert (float(params["lr"]), float(params["balance_alpha"])) == (
+            levers[a.arm].get("lr", base.lr), levers[a.arm].get("balance_alpha", base.balance_alpha))
+        assert a.overrides == levers[a.arm] and a.steps == 12
+        assert client.get_run(a.mlflow_run_id).data.metrics[name] == pytest.approx(a.tatoeba[name])
+    embed = embedder(pre, precision=resolved_precision("auto"))
+    want = tat.gate_metrics(tat.evaluate_tatoeba(embed, tat_data(), sample=5))[1]
+    assert result.start["tatoeba"] == pytest.approx(want) and set(want) == {
+        name, "tatoeba_xtreme36_sample5", "tatoeba_xnli14_sample5", "tatoeba_major14_sample5"}
+    best = Layout.from_env().checkpoints("finetune", f"{base.run_name}-lever-lr-1e-4") / "best"
+    again = tat.gate_metrics(tat.evaluate_tatoeba(embedder(best, precision=resolved_precision("auto")), tat_data(),
+                                                  sample=5))[1]
+    assert result.arms[0].tatoeba == pytest.approx(again)
+
+
+def tat_data() -> Path:
+    from storage.layout import default_tatoeba_dir
+
+    return default_tatoeba_dir()
+
+
 def test_a_pipeline_sigkilled_in_finetune_resumes_it_from_its_newest_checkpoint(summary, tmp_path):
     """`labse pipeline` in a process of its own, with a fine-tuning run of its own (the data stages are the
     fixture's, cached), SIGKILLed after step 25 by labse_core.faults (its checkpoints: 10 and 20). The
