@@ -31,7 +31,7 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows import stages
-from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig
+from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig, demo
 from flows.reporting import mlflow_run_link, publish_markdown
 from flows.stages import Stage, held_out_for, resolve_init
 from flows.tasks import StageSummary
@@ -198,10 +198,13 @@ class RetrainConfig(BaseModel):
     prepare: PrepareConfig = Field(
         default_factory=lambda: PrepareConfig(from_raw_corpus=False, mode="append"),
         description="Incremental prepare of the inbox files (mode append: deduped against and added to corpus_clean).")
-    shard: ShardConfig = Field(default_factory=ShardConfig, description="Re-shard corpus_clean (the vocabulary is kept).")
+    shard: ShardConfig = Field(default_factory=lambda: demo().shard,
+                               description="Re-shard corpus_clean (the vocabulary is kept); default: the demo's.")
     finetune: FinetuneConfig = Field(
-        default_factory=lambda: finetune.tiny_cpu(max_steps=300, warmup_steps=10, eval_every=100, time_budget_s=180),
-        description="Fine-tuning, warm-started from the champion (its init_from is set by the flow).")
+        default_factory=lambda: demo().finetune,
+        description="Fine-tuning, warm-started from the champion (its init_from is set by the flow); default: the "
+                    "demo's recipe for its imported multilingual-e5-small (a champion from the scratch preset wants "
+                    "tiny_cpu's).")
     evaluate: EvaluateStageConfig = Field(
         default_factory=lambda: EvaluateStageConfig(tatoeba_langs="all", tatoeba_sample=300),
         description="Evaluation of the new model (the gate's primary metric: as the demo's, the all-112 mean "
