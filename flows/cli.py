@@ -35,8 +35,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from flows.cli_console import console
 from flows.cli_console import status as _console_status
@@ -152,34 +154,35 @@ def _run_pipeline(config) -> None:
 @app.command()
 def demo() -> None:
     """Run labse-pipeline end to end on the embedded defaults (this machine's gettext catalogs)."""
-    from flows.pipeline import demo as demo_preset
+    from flows.presets import demo as demo_preset
 
     _run_pipeline(demo_preset())
 
 
-def _pipeline_presets() -> list[str]:
-    """The keys of ``flows.pipeline.PRESETS``, read from its source: importing the flow module (Prefect,
-    MLflow, Beam) takes seconds, too long for ``--help``, and a copied list would go stale."""
-    import ast
+class _PipelineCommand(TyperCommand):
+    """``labse pipeline``: its help lists the names of ``flows.presets.PRESETS``. That module (the stages'
+    configs: Beam, torch) takes seconds to import, so it is imported when this help is shown or the
+    pipeline runs, never for ``labse --help`` or another command."""
 
-    tree = ast.parse((Path(__file__).parent / "pipeline.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
-        if isinstance(target, ast.Name) and target.id == "PRESETS" and isinstance(node.value, ast.Dict):
-            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
-    return ["demo"]
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from flows.presets import PRESETS
+
+        for param in self.params:
+            if param.name == "preset":
+                param.help = f"Named preset: {', '.join(PRESETS)} (flows.presets.PRESETS)."
+        super().format_help(ctx, formatter)
 
 
-@app.command()
+@app.command(cls=_PipelineCommand)
 def pipeline(
-    preset: Annotated[str, typer.Option(help=f"Named preset: {', '.join(_pipeline_presets())} (flows.pipeline.PRESETS).")] = "demo",
+    preset: Annotated[str, typer.Option(help="Named preset (flows.presets.PRESETS).")] = "demo",
     config: Annotated[Path | None, typer.Option(help="JSON file: an object of PipelineConfig fields, applied over the preset.")] = None,
 ) -> None:
     """Run labse-pipeline with a named preset or a JSON config."""
     from pydantic import ValidationError
 
-    from flows.pipeline import PipelineConfig
-    from flows.pipeline import preset as get_preset
+    from flows.presets import PipelineConfig
+    from flows.presets import preset as get_preset
 
     try:
         cfg = get_preset(preset)
@@ -400,29 +403,20 @@ def shard(
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-class _TrainerUsageError(Exception):
-    """argparse's error(), raised instead of printing usage + message and exiting."""
-
-
 def _run_trainer(command: str, main, args: list[str]) -> None:
     """Run a trainer's ``main(argv)`` so that every configuration or input error is one line, exit 2."""
-    import argparse
-
     from pydantic import ValidationError
 
     from labse_core.errors import InputFileError
-
-    def error(self, message):
-        raise _TrainerUsageError(message)
+    from labse_core.training.cli import UsageError, usage_errors_raised
 
     sets = [b for a, b in zip(args, args[1:], strict=False) if a == "--set"] + [a[6:] for a in args if a.startswith("--set=")]
     if not sys.stderr.isatty() and not any(x.startswith("progress=") for x in sets):
         args = [*args, "--set", "progress=false"]  # a log gets the periodic loss lines, not a progress bar
-    original = argparse.ArgumentParser.error
-    argparse.ArgumentParser.error = error
     try:
-        main(args)  # prints its own JSON summary
-    except _TrainerUsageError as e:
+        with usage_errors_raised():  # argparse's usage text + exit would bury the one line
+            main(args)  # prints its own JSON summary
+    except UsageError as e:
         _fail(f"labse {command}: {e} (labse {command} --help lists the options and --set keys)")
     except ValidationError as e:
         _fail(f"labse {command}: bad configuration: {_explain(e)}")
@@ -432,8 +426,6 @@ def _run_trainer(command: str, main, args: list[str]) -> None:
         if "device" not in str(e).lower():  # torch's "Expected one of cpu, cuda, ... device type" (--set device=foo)
             raise
         _fail(f"labse {command}: setting device: {_one_line(e)}")
-    finally:
-        argparse.ArgumentParser.error = original
 
 
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)

@@ -34,15 +34,9 @@ from labse_core.mining.miner import MineConfig
 from labse_core.mlflow_model import ModelSource, resolve_model_source
 from storage import catalog, tracking
 from storage.io import write_json_atomic
-from storage.layout import Layout, default_eval_sets
+from storage.layout import Layout, default_tatoeba_dir
 
 log = logging.getLogger(__name__)
-
-
-def default_tatoeba_dir() -> Path:
-    """The Tatoeba v1 folder beside the checkout (``../shared/data/tatoeba/v1``), or ``$LABSE_EVAL_SETS``'s."""
-    sets = [p for p in default_eval_sets() if p.is_dir()]
-    return sets[0] if sets else Path("tatoeba/v1")
 
 
 class TatoebaEvalConfig(BaseModel):
@@ -57,6 +51,10 @@ class TatoebaEvalConfig(BaseModel):
         None, description="Languages the model was trained on (default: its model card, else the lake's corpus)."
     )
     batch_size: int = Field(64, ge=1, description="Sentences per encoder batch.")
+    sample: int | None = Field(None, ge=2, description="Evaluate the fixed sample of this many pairs per language "
+                                                       "(the registry gate's: 300); None: every pair.")
+    precision: str = Field("auto", description="Encoding precision: fp32, bf16, or auto (bf16 where the hardware "
+                                               "multiplies bf16, else fp32); the one used is recorded.")
     parent_run_id: str | None = Field(None, description="MLflow parent run (the pipeline's); None: a top-level run.")
     prefect_artifacts: bool = Field(False, description="Publish Prefect artifacts (inside a flow run).")
 
@@ -78,13 +76,22 @@ class EvalReport:
     """The evaluator's own result object."""
 
 
-def embedder(folder: Path, batch_size: int = 64) -> Callable[[list[str]], np.ndarray]:
+def embedder(folder: Path, batch_size: int = 64, precision: str = "fp32") -> Callable[[list[str]], np.ndarray]:
     """Sentences -> unit embeddings through ``labse_core.embed`` (which applies the folder's pooling and
-    input prefix), the model loaded once."""
+    input prefix), the model loaded once; ``precision`` already resolved (``resolved_precision``)."""
     from labse_core.embed import encode, resolve_model
 
     model = resolve_model(str(folder))
-    return lambda texts: encode(texts, model, batch_size=batch_size, progress=False)
+    return lambda texts: encode(texts, model, batch_size=batch_size, progress=False, precision=precision)
+
+
+def resolved_precision(precision: str) -> str:
+    """What ``auto`` (or an explicit precision) means on this machine's encoding device; raises
+    ``PrecisionError`` (one line) for a precision it cannot run."""
+    from labse_core.embed import _pick_device
+    from labse_core.model.precision import resolve_precision
+
+    return resolve_precision(precision, _pick_device(None))
 
 
 def resolve(model: str, layout: Layout) -> ModelSource:
@@ -103,7 +110,7 @@ def plot_tatoeba(result: tat.TatoebaResult, path: Path, title: str) -> Path:
             color=["#3b6ea5" if s.code in xtreme else "#9bb7d4" for s in scores])
     for g, style in zip(result.groups, ("--", ":", "-.", "-", (0, (1, 3)), (0, (5, 1))), strict=False):
         ax.axvline(g.acc, color="#c0504d", linestyle=style, linewidth=1,
-                   label=f"{g.group} ({len(g.languages)}): {g.acc:.3f}")
+                   label=f"{g.label}: {g.acc:.3f}")
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("retrieval accuracy (mean of xx->en and en->xx); dark: XTREME-36")
     ax.set_title(title)
@@ -144,25 +151,30 @@ def run_tatoeba(cfg: TatoebaEvalConfig, layout: Layout | None = None) -> EvalRep
     layout = (layout or Layout.from_env()).ensure()
     source = resolve(cfg.model, layout)
     trained, trained_from = (cfg.trained_langs, "given") if cfg.trained_langs else trained_languages(source.folder, layout)
-    embed = embedder(source.folder, cfg.batch_size)
+    precision = resolved_precision(cfg.precision)
+    embed = embedder(source.folder, cfg.batch_size, precision)
     with _start_run("evaluate-tatoeba", cfg.parent_run_id) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"stage": "evaluate", "eval_set": tat.EVAL_SET, "model_uri": source.uri,
-                         "model_version": str(source.version), "trained_langs_from": trained_from})
+                         "model_version": str(source.version), "trained_langs_from": trained_from,
+                         "precision": precision})
         mlflow.log_params({"data": str(cfg.data), "langs": ",".join(cfg.langs or []) or "all",
-                           "batch_size": cfg.batch_size})
-        result = tat.evaluate_tatoeba(embed, cfg.data, cfg.langs, trained)
+                           "batch_size": cfg.batch_size, "sample": cfg.sample or "all", "precision": precision})
+        result = tat.evaluate_tatoeba(embed, cfg.data, cfg.langs, trained, cfg.sample)
         rows = tat.result_rows(result)
         publish_rows(layout, tat.EVAL_SET, rows, run_id=run_id, model_uri=source.uri, model_version=source.version,
                      producer={"model_folder": str(source.folder)})
-        metrics = {f"tatoeba/{g.group}": g.acc for g in result.groups}
-        metrics |= {f"tatoeba/{g.group}/xx-en": g.acc_xx_en for g in result.groups}
-        metrics |= {f"tatoeba/{g.group}/en-xx": g.acc_en_xx for g in result.groups}
+        # A partial group under its own name (tatoeba/all112-partial-14of112), never as tatoeba/all112.
+        prefix = "tatoeba" if cfg.sample is None else f"tatoeba-{result.split}"
+        metrics = {f"{prefix}/{g.metric_key}": g.acc for g in result.groups}
+        metrics |= {f"{prefix}/{g.metric_key}/xx-en": g.acc_xx_en for g in result.groups}
+        metrics |= {f"{prefix}/{g.metric_key}/en-xx": g.acc_en_xx for g in result.groups}
         mlflow.log_metrics(metrics)
         out_dir = layout.run_dir(run_id)
         summary = result.summary() | {"run_id": run_id, "model_uri": source.uri, "model_version": source.version,
                                       "model_folder": str(source.folder), "trained_langs": trained,
                                       "trained_langs_from": trained_from, "data": str(cfg.data),
+                                      "precision": precision,
                                       "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         summary_path = out_dir / "tatoeba.json"
         write_json_atomic(summary_path, summary)
@@ -175,7 +187,7 @@ def run_tatoeba(cfg: TatoebaEvalConfig, layout: Layout | None = None) -> EvalRep
     catalog.refresh(layout)
     if cfg.prefect_artifacts:
         lines = [f"### Tatoeba v1: `{source.uri}`" + (f" version {source.version}" if source.version else "")]
-        lines += [f"- {g.group} ({len(g.languages)} languages): **{g.acc:.4f}** "
+        lines += [f"- {g.label}: **{g.acc:.4f}** "
                   f"(xx->en {g.acc_xx_en:.4f}, en->xx {g.acc_en_xx:.4f})" for g in result.groups]
         publish_markdown("evaluate-tatoeba", lines + [f"- MLflow run: `{run_id}`"], plot,
                          [{"language": s.code, "n": s.n, "xx->en": round(s.acc_xx_en, 4), "en->xx": round(s.acc_en_xx, 4),

@@ -137,3 +137,14 @@ def publish_markdown(key: str, lines: Sequence[str], plot: Path | None = None, t
     create_markdown_artifact(key=artifact_key(f"{key}-summary"), markdown="\n".join(md))
     if table:
         create_table_artifact(key=artifact_key(f"{key}-table"), table=list(table))
+
+
+def mlflow_run_link(run_id: str) -> str:
+    """A link to the run in the MLflow UI when tracking goes to a server, else its id and store."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("http"):
+        exp = mlflow.get_run(run_id).info.experiment_id
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id})"
+    return f"`{run_id}` ({uri})"

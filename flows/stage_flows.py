@@ -1,8 +1,8 @@
 """One Prefect flow per stage, and ``scheduled-retrain``: what ``labse serve`` deploys.
 
-Each stage flow runs the same task as ``labse-pipeline`` (``flows.pipeline``), with the same cache key
-(``flows.stage_cache``: a stage whose config, inputs and code are unchanged is skipped, in a stage flow as
-in the pipeline), under its own parent MLflow run. Parameters are pydantic models: the Prefect UI renders
+Each stage flow runs its stage's record (``flows.stages``) as ``labse-pipeline`` does: the same task and
+the same cache key (a stage whose config, inputs and code are unchanged is skipped, in a stage flow as in
+the pipeline), under its own parent MLflow run. Parameters are pydantic models: the Prefect UI renders
 them as a form with each field's description.
 
 ``scheduled-retrain`` (cron + the "new data landed" event): prepares the files waiting in the inbox
@@ -30,25 +30,11 @@ from beam_jobs.gettext_ingest import GettextIngestConfig
 from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
-from flows import stage_cache as sc
-from flows.pipeline import (
-    _SHARDS,
-    EvaluateStageConfig,
-    MineStageConfig,
-    StageSummary,
-    _stage_inputs,
-    evaluate_stage,
-    finetune_stage,
-    held_out_for,
-    ingest_stage,
-    mine_stage,
-    prepare_stage,
-    pretrain_stage,
-    register_stage,
-    shard_stage,
-    vocab_stage,
-)
-from flows.reporting import publish_markdown
+from flows import stages
+from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig
+from flows.reporting import mlflow_run_link, publish_markdown
+from flows.stages import Stage, held_out_for, resolve_init
+from flows.tasks import StageSummary
 from labse_core.finetune import config as finetune
 from labse_core.finetune.config import FinetuneConfig
 from labse_core.logfmt import num
@@ -56,7 +42,7 @@ from labse_core.pretrain import config as pretrain_presets
 from labse_core.pretrain.config import PretrainConfig
 from storage import tracking
 from storage.layout import Layout
-from storage.schemas import CLEAN_PAIRS, RAW_PAIRS, REJECTS
+from storage.schemas import CLEAN_PAIRS
 
 DATA_LANDED = "labse.data.landed"
 """The "new data landed" event: emitted by ``labse prepare --append`` and by a file dropped into the inbox."""
@@ -81,103 +67,60 @@ def _parent(name: str):
     return layout, run
 
 
-def mlflow_run_link(run_id: str) -> str:
-    """A link to the run in the MLflow UI when tracking goes to a server, else its id and store."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("http"):
-        exp = mlflow.get_run(run_id).info.experiment_id
-        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id})"
-    return f"`{run_id}` ({uri})"
-
-
-def _summary(name: str, stages: list[StageSummary], cached: list[str], run_id: str, extra: list[str] = ()) -> None:
+def _summary(name: str, summaries: list[StageSummary], cached: list[str], run_id: str, extra: list[str] = ()) -> None:
     """The run's Prefect artifacts: a markdown summary with the MLflow run link, and a table of its stages."""
     table = [{"stage": s.stage, "dataset": s.dataset, "rows": s.rows, "seconds": round(s.seconds, 1),
-              "cached": s.stage in cached, "path": s.path} for s in stages]
+              "cached": s.stage in cached, "path": s.path} for s in summaries]
     publish_markdown(name, [f"### {name}", "| stage | dataset | rows | seconds | cached |", "|---|---|---:|---:|---|",
                             *[f"| {s.stage} | {s.dataset} | {s.rows:,} | {s.seconds:.1f} | "
-                              f"{'yes' if s.stage in cached else ''} |" for s in stages],
+                              f"{'yes' if s.stage in cached else ''} |" for s in summaries],
                             f"- MLflow run: {mlflow_run_link(run_id)}", *extra], table=table)
 
 
-def _one(task, stage: str, cfg: Any, inputs: dict, outputs, *args, cache: bool = True):
-    result, cached = sc.run_stage(task, stage, cfg, inputs, outputs, *args, use_cache=cache)
-    return result, [stage] if cached else []
+def _one(stage: Stage, cfg: Any, parent_run_id: str, cache: bool = True, **args: Any) -> tuple[Any, list[str]]:
+    """Run one stage through its record: (result, [its name] when it came from the cache)."""
+    result, cached = stage.run(cfg, parent_run_id, use_cache=cache, **args)
+    return result, [stage.name] if cached else []
+
+
+def _stage_flow(name: str, stage: Stage, cfg: Any, cache: bool, **args: Any) -> Any:
+    """A stage flow's body: the stage under the flow's own parent MLflow run, then its summary artifacts."""
+    _, run = _parent(name)
+    with run:
+        result, cached = _one(stage, cfg, run.info.run_id, cache, **args)
+        _summary(name, result if isinstance(result, list) else [result], cached, run.info.run_id)
+    return result
 
 
 @flow(name="labse-ingest", log_prints=True)
 def ingest_flow(config: GettextIngestConfig = GettextIngestConfig(), cache: bool = True) -> StageSummary:  # noqa: B008
     """gettext catalogs -> corpus_raw."""
-    layout, run = _parent("labse-ingest")
-    with run:
-        s, cached = _one(ingest_stage, "ingest", config,
-                         {"files": sc.files_signature([*config.locale_roots, *config.paths], ("*.mo", "*.po"))},
-                         lambda r: [sc.dataset(RAW_PAIRS.name)], config, run.info.run_id, cache=cache)
-        _summary("labse-ingest", [s], cached, run.info.run_id)
-    return s
+    return _stage_flow("labse-ingest", stages.INGEST, config, cache)
 
 
 @flow(name="labse-prepare", log_prints=True)
 def prepare_flow(config: PrepareConfig = PrepareConfig(), cache: bool = True) -> list[StageSummary]:  # noqa: B008
     """corpus_raw and corpus files -> corpus_clean + corpus_rejects."""
-    layout, run = _parent("labse-prepare")
-    with run:
-        out, cached = _one(prepare_stage, "prepare", config, _prepare_inputs(layout, config),
-                           lambda r: [sc.dataset(CLEAN_PAIRS.name), sc.dataset(REJECTS.name)], config, run.info.run_id,
-                           cache=cache)
-        _summary("labse-prepare", out, cached, run.info.run_id)
-    return out
-
-
-def _prepare_inputs(layout: Layout, config: PrepareConfig) -> dict[str, Any]:
-    items = [sc.dataset(RAW_PAIRS.name)] if config.from_raw_corpus else []
-    if config.mode == "append":
-        items.append(sc.dataset(CLEAN_PAIRS.name))  # appends to it: a new clean corpus is a new input
-    return _stage_inputs(layout, *items, files=sc.files_signature([i.path for i in config.inputs]),
-                         eval_sets=sc.files_signature(config.eval_sets))
+    return _stage_flow("labse-prepare", stages.PREPARE, config, cache)
 
 
 @flow(name="labse-vocab", log_prints=True)
 def vocab_flow(config: VocabStageConfig = VocabStageConfig(), cache: bool = True) -> StageSummary:  # noqa: B008
     """corpus_clean -> sentencepiece + Hugging Face tokenizer."""
-    layout, run = _parent("labse-vocab")
-    with run:
-        s, cached = _one(vocab_stage, "vocab", config, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name)),
-                         lambda r: [sc.VOCAB], config, run.info.run_id, cache=cache)
-        _summary("labse-vocab", [s], cached, run.info.run_id)
-    return s
+    return _stage_flow("labse-vocab", stages.VOCAB, config, cache)
 
 
 @flow(name="labse-shard", log_prints=True)
 def shard_flow(config: ShardConfig = ShardConfig(), cache: bool = True) -> list[StageSummary]:  # noqa: B008
     """corpus_clean + vocabulary -> pair/TLM/MLM shards."""
-    layout, run = _parent("labse-shard")
-    with run:
-        out, cached = _one(shard_stage, "shard", config, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
-                           lambda r: list(_SHARDS), config, run.info.run_id, cache=cache)
-        _summary("labse-shard", out, cached, run.info.run_id)
-    return out
+    return _stage_flow("labse-shard", stages.SHARD, config, cache)
 
 
 @flow(name="labse-pretrain", log_prints=True)
 def pretrain_flow(config: PretrainConfig = pretrain_presets.tiny_cpu(time_budget_s=180),  # noqa: B008
                   cache: bool = True) -> StageSummary:
     """MLM + TLM pretraining on the shards (one training run at a time per home)."""
-    layout, run = _parent("labse-pretrain")
-    with run:
-        s, cached = _one(pretrain_stage, "pretrain", config, _stage_inputs(layout, *_SHARDS, sc.VOCAB),
-                         lambda r: [sc.folder(r.path)], config, run.info.run_id, cache=cache)
-        _summary("labse-pretrain", [s], cached, run.info.run_id)
-    return s
-
-
-def resolve_init(init_from: str | None, layout: Layout) -> str | None:
-    """A folder, or a registry URI (``models:/labse@champion``) downloaded into the model cache."""
-    if not init_from:
-        return None
-    from labse_core.mlflow_model import resolve_model_source
-
-    return str(resolve_model_source(init_from, layout.model_cache).folder)
+    return _stage_flow("labse-pretrain", stages.PRETRAIN, config, cache)
 
 
 @flow(name="labse-finetune", log_prints=True)
@@ -187,16 +130,9 @@ def finetune_flow(config: FinetuneConfig = finetune.tiny_cpu(max_steps=300, time
     ``models:/labse@champion``; one training run at a time per home)."""
     layout, run = _parent("labse-finetune")
     with run:
-        init = resolve_init(init_from, layout)
-        (s, _), cached = _one(finetune_stage, "finetune", config,
-                              _stage_inputs(layout, *_SHARDS, sc.VOCAB, *([sc.folder(init)] if init else []), init_from=init),
-                              lambda r: [sc.folder(r[0].path)], config, run.info.run_id, init, cache=cache)
+        (s, _), cached = _one(stages.FINETUNE, config, run.info.run_id, cache, init_from=resolve_init(init_from, layout))
         _summary("labse-finetune", [s], cached, run.info.run_id)
     return s
-
-
-def _model_inputs(layout: Layout, model_dir: str, fraction: float) -> dict[str, Any]:
-    return _stage_inputs(layout, sc.folder(model_dir), sc.dataset(CLEAN_PAIRS.name), model=model_dir, fraction=fraction)
 
 
 @flow(name="labse-evaluate", log_prints=True)
@@ -205,28 +141,16 @@ def evaluate_flow(model: str = "models:/labse@champion",
                   held_out_fraction: float = 0.01, cache: bool = True) -> StageSummary:
     """Tatoeba + BUCC-style evaluation of a model folder or registered model (results -> eval_results, with the
     registry version when ``model`` is a ``models:/`` URI; the cache key uses the folder it resolves to)."""
-    layout, run = _parent("labse-evaluate")
-    with run:
-        model_dir = resolve_init(model, layout)
-        s, cached = _one(evaluate_stage, "evaluate", config,
-                         _model_inputs(layout, model_dir, held_out_fraction) | {"tatoeba": sc.files_signature([config.tatoeba_data])},
-                         lambda r: [], model, config, run.info.run_id, held_out_fraction, cache=cache)
-        _summary("labse-evaluate", [s], cached, run.info.run_id)
-    return s
+    return _stage_flow("labse-evaluate", stages.EVALUATE, config, cache, model_dir=model,
+                       held_out_fraction=held_out_fraction)
 
 
 @flow(name="labse-mine", log_prints=True)
 def mine_flow(model: str = "models:/labse@champion", config: MineStageConfig = MineStageConfig(),  # noqa: B008
               held_out_fraction: float = 0.01, threshold: float | None = None, cache: bool = True) -> StageSummary:
     """Mine a BUCC-style set of held-out pairs with a model (-> the mined dataset), scored against the gold."""
-    layout, run = _parent("labse-mine")
-    with run:
-        model_dir = resolve_init(model, layout)
-        s, cached = _one(mine_stage, "mine", config, _model_inputs(layout, model_dir, held_out_fraction) | {"threshold": threshold},
-                         lambda r: [sc.dataset("mined")] if r.rows else [], model, config, run.info.run_id,
-                         held_out_fraction, threshold, cache=cache)
-        _summary("labse-mine", [s], cached, run.info.run_id)
-    return s
+    return _stage_flow("labse-mine", stages.MINE, config, cache, model_dir=model, held_out_fraction=held_out_fraction,
+                       threshold=threshold)
 
 
 def held_out_pairs(layout: Layout, cfg: FinetuneConfig) -> list[tuple[str, str]]:
@@ -243,19 +167,17 @@ def held_out_pairs(layout: Layout, cfg: FinetuneConfig) -> list[tuple[str, str]]
 def register_flow(model_dir: str, registered_model: str = "labse", tatoeba_langs: list[str] | None = None,
                   preset: str = "manual", cache: bool = True) -> StageSummary:
     """Register a model folder as a new version; ``@champion`` moves only when it beats the holder (Tatoeba
-    over ``tatoeba_langs`` when given, else held-out pair accuracy on the lake's shards)."""
-    from flows.evaluate import default_tatoeba_dir
-
+    over ``tatoeba_langs`` when given, else held-out pair accuracy on the lake's shards, held out as the
+    tiny_cpu fine-tuning preset holds them out)."""
     layout, run = _parent("labse-register")
     with run:
         pairs = held_out_pairs(layout, finetune.tiny_cpu())
         evaluation: dict[str, Any] = {"tatoeba_langs": tatoeba_langs, "tatoeba_mean": None} if tatoeba_langs else {}
         with mlflow.start_run(run_name="register", nested=True) as child:  # the run the model is logged into
             mlflow.log_param("model_dir", model_dir)
-        s, cached = _one(register_stage, "register", {"name": registered_model, "preset": preset},
-                         _model_inputs(layout, model_dir, 0.01) | {"langs": tatoeba_langs, "pairs": len(pairs)},
-                         lambda r: [], model_dir, child.info.run_id, pairs, registered_model, evaluation,
-                         default_tatoeba_dir(), None, preset, run.info.run_id, cache=cache)
+        s, cached = _one(stages.REGISTER, RegisterStageConfig(name=registered_model, preset=preset), run.info.run_id,
+                         cache, model_dir=model_dir, finetune_run_id=child.info.run_id, eval_pairs=pairs,
+                         evaluation=evaluation)
         _summary("labse-register", [s], cached, run.info.run_id)
     return s
 
@@ -316,7 +238,7 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
     t0 = time.perf_counter()
     layout, run = _parent("scheduled-retrain")
     pid = run.info.run_id
-    stages: list[StageSummary] = []
+    summaries: list[StageSummary] = []
     cached: list[str] = []
     with run:
         champion_uri = f"models:/{config.registered_model}@{config.alias}"
@@ -332,37 +254,29 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
         if files:
             prep = config.prepare.model_copy(update={"inputs": [InputSpec(path=p, langs=config.langs) for p in files],
                                                      "mode": "append"})
-            out, c = _one(prepare_stage, "prepare", prep, _prepare_inputs(layout, prep),
-                          lambda r: [sc.dataset(CLEAN_PAIRS.name), sc.dataset(REJECTS.name)], prep, pid)
-            stages += out
+            out, c = _one(stages.PREPARE, prep, pid)
+            summaries += out
             cached += c
             done = inbox / "processed" / str(flow_run.get_id() or pid)
             done.mkdir(parents=True, exist_ok=True)
             for p in files:
                 shutil.move(str(p), done / p.name)
             logger.info("prepared %d inbox file(s) into corpus_clean; moved to %s", len(files), done)
-        shard_cfg = held_out_for(config.shard, config.finetune)
-        out, c = _one(shard_stage, "shard", shard_cfg, _stage_inputs(layout, sc.dataset(CLEAN_PAIRS.name), sc.VOCAB),
-                      lambda r: list(_SHARDS), shard_cfg, pid)
-        stages += out
+        out, c = _one(stages.SHARD, held_out_for(config.shard, config.finetune), pid)
+        summaries += out
         cached += c
-        (fine, eval_pairs), c = _one(finetune_stage, "finetune", config.finetune,
-                                     _stage_inputs(layout, *_SHARDS, sc.VOCAB, sc.folder(init), init_from=init),
-                                     lambda r: [sc.folder(r[0].path)], config.finetune, pid, init)
-        stages.append(fine)
+        (fine, eval_pairs), c = _one(stages.FINETUNE, config.finetune, pid, init_from=init)
+        summaries.append(fine)
         cached += c
-        fraction = config.finetune.eval_fraction
-        ev, c = _one(evaluate_stage, "evaluate", config.evaluate,
-                     _model_inputs(layout, fine.path, fraction) | {"tatoeba": sc.files_signature([config.evaluate.tatoeba_data])},
-                     lambda r: [], fine.path, config.evaluate, pid, fraction)
-        stages.append(ev)
+        ev, c = _one(stages.EVALUATE, config.evaluate, pid, model_dir=fine.path,
+                     held_out_fraction=config.finetune.eval_fraction)
+        summaries.append(ev)
         cached += c
-        reg, c = _one(register_stage, "register", {"name": config.registered_model, "preset": "scheduled-retrain"},
-                      _model_inputs(layout, fine.path, fraction) | {"evaluation": {k: v for k, v in ev.stats.items()
-                                                                                  if not k.endswith("run_id")}},
-                      lambda r: [], fine.path, fine.mlflow_run_id, eval_pairs, config.registered_model, ev.stats,
-                      config.evaluate.tatoeba_data, None, "scheduled-retrain", pid)
-        stages.append(reg)
+        reg, c = _one(stages.REGISTER, RegisterStageConfig(name=config.registered_model, preset="scheduled-retrain",
+                                                           tatoeba_data=config.evaluate.tatoeba_data),
+                      pid, model_dir=fine.path, finetune_run_id=fine.mlflow_run_id, eval_pairs=eval_pairs,
+                      evaluation=ev.stats)
+        summaries.append(reg)
         cached += c
         st = reg.stats
         outcome = {"warm_start": champion_uri, "champion_version_before": st.get("champion_version"),
@@ -379,7 +293,7 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
                                                         "not_promoted_reason", why)
             mlflow.set_tag("retrain.not_promoted_reason", why)
             logger.info("scheduled-retrain: %s", why)
-        _summary("scheduled-retrain", stages, cached, pid,
+        _summary("scheduled-retrain", summaries, cached, pid,
                  [f"- warm start: `{champion_uri}` (version {st.get('champion_version')})",
                   f"- new version {st.get('registered_version')}: "
                   + ("**promoted**" if st.get("promoted") else f"not promoted ({st.get('reason')})")])

@@ -33,7 +33,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +315,23 @@ class Promotion:
     """The previous holder's primary metric, measured now on the same data."""
     reason: str = ""
     """Which rule of ``gate_decision`` decided."""
+    columns: dict[str, float] = field(default_factory=dict)
+    """Other numbers the primary evaluation gave for the new version (e.g. XTREME-36 and the 14 XNLI
+    languages beside the all-112 mean): shown, recorded as version tags, not deciding."""
+    champion_columns: dict[str, float] = field(default_factory=dict)
+    """The same numbers for the previous holder."""
+
+
+PrimaryValue = float | Mapping[str, float]
+"""A primary evaluation's result: the deciding number, or {primary_name: it, other columns...}."""
+
+
+def _split_primary(value: PrimaryValue, primary_name: str) -> tuple[float, dict[str, float]]:
+    if isinstance(value, Mapping):
+        if primary_name not in value:
+            raise ValueError(f"the primary evaluation gave {sorted(value)}, not {primary_name!r}")
+        return float(value[primary_name]), {k: float(v) for k, v in value.items() if k != primary_name}
+    return float(value), {}
 
 
 def register_and_promote(
@@ -323,20 +340,23 @@ def register_and_promote(
     name: str = "labse",
     alias: str = DEFAULT_ALIAS,
     *,
-    primary: Callable[[Callable[[list[str]], np.ndarray]], float] | None = None,
+    primary: Callable[[Callable[[list[str]], np.ndarray]], PrimaryValue] | None = None,
     primary_name: str = "tatoeba_mean",
-    candidate_primary: float | None = None,
+    candidate_primary: PrimaryValue | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    known_primaries: Mapping[str, float] | None = None,
+    known_primaries: Mapping[str, PrimaryValue] | None = None,
     tags: Mapping[str, str] | None = None,
+    precision: str = "fp32",
 ) -> Promotion:
     """Log ``model_dir`` into the active run, register it as a new version of ``name`` and move ``alias``
     (``models:/name@champion``) to it when ``gate_decision`` says so; otherwise the new version is
     ``@challenger`` and the holder keeps the alias.
 
     ``primary``: the deciding metric as a function of an embedding function (the pipeline passes Tatoeba
-    accuracy over the run's languages); the holder is measured with it now, each model with its own
-    tokenizer, so the comparison is fair even when the holder was trained on other data.
+    accuracy over all 112 languages, on the fixed sample); the holder is measured with it now, each model
+    with its own tokenizer, so the comparison is fair even when the holder was trained on other data. It
+    may return a mapping: ``primary_name``'s value decides, the others are columns recorded beside it
+    (version tags ``<column>`` and ``<alias>_<column>``).
     ``candidate_primary``: the new version's value when the evaluation stage already measured it with
     the same function. ``known_primaries``: {registered version: its primary value} measured in this process
     with the same function (a version the pipeline registered minutes ago), so the holder is not measured
@@ -358,23 +378,25 @@ def register_and_promote(
     except MlflowException:
         holder = None
 
-    def scores(embed, known_primary: float | None = None) -> tuple[GateScores, float]:
+    def scores(embed, known_primary: PrimaryValue | None = None) -> tuple[GateScores, float, dict[str, float]]:
         acc = text_retrieval_accuracy(embed, eval_pairs)["eval/acc"]
         if primary is None:
-            return GateScores(acc), acc
-        value = known_primary if known_primary is not None else primary(embed)
-        return GateScores(value, acc), acc
+            return GateScores(acc), acc, {}
+        value, columns = _split_primary(known_primary if known_primary is not None else primary(embed), primary_name)
+        return GateScores(value, acc), acc, columns
 
-    champion_scores, champion_acc = None, None
+    champion_scores, champion_acc, champion_columns = None, None, {}
     if holder is not None:
         # The holder's own folder through labse_core.embed (its pooling, prefix and tokenizer).
         cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="labse-gate-"))
         src = resolve_model_source(f"models:/{name}/{holder.version}", cache)
         champ = resolve_model(str(src.folder))
         known = (known_primaries or {}).get(str(holder.version))
-        champion_scores, champion_acc = scores(lambda xs: encode(xs, champ, progress=False), known)
+        champion_scores, champion_acc, champion_columns = scores(
+            lambda xs: encode(xs, champ, progress=False, precision=precision), known)
     model = resolve_model(str(model_dir))
-    new_scores, acc = scores(lambda xs: encode(xs, model, progress=False), candidate_primary)
+    new_scores, acc, columns = scores(lambda xs: encode(xs, model, progress=False, precision=precision),
+                                      candidate_primary)
     promoted, reason = gate_decision(new_scores, champion_scores)
     # Publication order, so that a crash of this process or of the MLflow server at any point leaves
     # nothing half-written in the registry:
@@ -388,10 +410,13 @@ def register_and_promote(
                     "gate_primary_metric": primary_name if primary else "eval_acc", "gate_decision": reason}
     if primary is not None:
         tags[primary_name] = f"{new_scores.primary:.6f}"
+        tags |= {k: f"{v:.6f}" for k, v in columns.items()}
+        tags["gate_precision"] = precision
     if holder is not None:
         tags |= {f"{alias}_version_compared": str(holder.version), f"{alias}_eval_acc": f"{champion_acc:.6f}"}
         if primary is not None:
             tags[f"{alias}_{primary_name}"] = f"{champion_scores.primary:.6f}"
+            tags |= {f"{alias}_{k}": f"{v:.6f}" for k, v in champion_columns.items()}
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client.set_registered_model_alias(name, alias if promoted else "challenger", version)
     log.info("%s version %s: %s %.4f vs %s %s; %s (%s)", name, version, primary_name if primary else "eval_acc",
@@ -400,5 +425,5 @@ def register_and_promote(
     return Promotion(
         name, version, info.model_uri, acc, str(holder.version) if holder else None, champion_acc, promoted,
         primary_name if primary else "eval_acc", new_scores.primary,
-        champion_scores.primary if champion_scores else None, reason,
+        champion_scores.primary if champion_scores else None, reason, columns, champion_columns,
     )

@@ -51,6 +51,12 @@ def default_eval_sets() -> list[Path]:
     return [tatoeba] if tatoeba.is_dir() else []
 
 
+def default_tatoeba_dir() -> Path:
+    """The Tatoeba v1 folder beside the checkout (``../shared/data/tatoeba/v1``), or ``$LABSE_EVAL_SETS``'s."""
+    sets = [p for p in default_eval_sets() if p.is_dir()]
+    return sets[0] if sets else Path("tatoeba/v1")
+
+
 @dataclass(frozen=True)
 class Layout:
     """Every path the platform uses, derived from one home directory."""

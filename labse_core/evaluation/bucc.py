@@ -31,7 +31,7 @@ import numpy as np
 
 from labse_core.mining.knn import IndexConfig, knn
 from labse_core.mining.margin import Pairs, select_pairs
-from labse_core.mining.miner import MineConfig, mine_embeddings
+from labse_core.mining.miner import MineConfig, MinedRow, mine_embeddings
 
 EVAL_SET = "bucc-gettext"
 
@@ -111,6 +111,14 @@ def prf(pairs: Pairs, gold: frozenset[tuple[int, int]], threshold: float) -> Prf
     p = correct / found if found else 0.0
     r = correct / len(gold) if gold else 0.0
     return Prf(float(threshold), p, r, 2 * p * r / (p + r) if p + r else 0.0, found, correct)
+
+
+def mined_prf(rows: Sequence[MinedRow], gold: frozenset[tuple[int, int]], threshold: float) -> Prf:
+    """``prf`` of a mining run's answer: the rows ``labse mine`` kept (after its filters and dedupe; row
+    indices of the two inputs), scored by their margin, against the gold at the run's ``threshold``."""
+    pairs = Pairs(np.array([r.src_index for r in rows], dtype=np.int64), np.array([r.tgt_index for r in rows], dtype=np.int64),
+                  np.array([r.cosine for r in rows], dtype=np.float32), np.array([r.margin for r in rows], dtype=np.float32))
+    return prf(pairs, gold, threshold)
 
 
 def best_threshold(pairs: Pairs, gold: frozenset[tuple[int, int]]) -> Prf:

@@ -39,11 +39,13 @@ class Arm:
     """"random", "pretrained" (our MLM+TLM encoder) or "imported" (a pretrained model such as the
     multilingual-e5 of `labse import-encoder`)."""
     config: FinetuneConfig
+    slug: str | None = None
+    """A lever arm's name as MLflow allows it in metric names (None: the margin/init key)."""
 
     @property
     def key(self) -> str:
         """The arm in MLflow metric names (no "=" or "," allowed there): "margin_0.3.pretrained"."""
-        return f"margin_{self.margin}.{self.init}"
+        return self.slug or f"margin_{self.margin}.{self.init}"
 
 
 IMPORTED_RECIPE = ("lr", "warmup_steps", "dropout", "freeze_word_embeddings", "freeze_layers", "max_len")
@@ -102,3 +104,35 @@ def run_arm(arm: Arm, layout: Layout | None = None, **overrides) -> FinetuneResu
 def final_accuracy(result: FinetuneResult) -> float:
     """Held-out accuracy after the last step (NaN when the run had no held-out pairs)."""
     return float(result.evals[-1]["eval/acc"]) if result.evals else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipe levers: what moves Tatoeba over all 112 languages
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One arm of the recipe ablation: a name and the FinetuneConfig fields it changes from the base
+    recipe (the other arms' fields stay as the base has them)."""
+
+    name: str
+    overrides: dict
+
+
+def lever_arms(base: FinetuneConfig, levers: Sequence[Lever]) -> list[Arm]:
+    """One fresh run per lever (resume off, no start evaluation, its own run name); every arm shares
+    the base's warm start, seed, data and held-out pairs, so what differs is the lever."""
+    names = [lv.name for lv in levers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"lever names must be distinct: {names}")
+    unknown = sorted({k for lv in levers for k in lv.overrides} - set(FinetuneConfig.model_fields))
+    if unknown:
+        raise ValueError(f"levers set unknown FinetuneConfig fields: {', '.join(unknown)}")
+    arms = []
+    for lv in levers:
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in lv.name)
+        data = base.model_dump() | lv.overrides | {"run_name": f"{base.run_name}-lever-{slug}", "resume": False,
+                                                   "eval_at_start": False}
+        cfg = FinetuneConfig(**data)
+        arms.append(Arm(lv.name, cfg.loss.margin, "imported" if cfg.init_from else "random", cfg, f"lever.{slug}"))
+    return arms

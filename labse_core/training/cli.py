@@ -5,11 +5,13 @@ labse_core.training.result.read_result); `--help` lists every valid --set key wi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import importlib
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import NoReturn, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,6 +23,32 @@ from storage.layout import Layout
 
 C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R", bound=TrainResult)
+
+
+class UsageError(Exception):
+    """A bad command line or configuration, raised (``usage_errors_raised``) instead of argparse's usage
+    text and exit."""
+
+
+_RAISE_USAGE_ERRORS = contextvars.ContextVar("raise_usage_errors", default=False)
+
+
+@contextlib.contextmanager
+def usage_errors_raised() -> Iterator[None]:
+    """Within it, a trainer's command-line or configuration error raises ``UsageError`` (its one-line
+    message) instead of printing usage and exiting 2: ``labse pretrain|finetune`` say it in one line."""
+    token = _RAISE_USAGE_ERRORS.set(True)
+    try:
+        yield
+    finally:
+        _RAISE_USAGE_ERRORS.reset(token)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        if _RAISE_USAGE_ERRORS.get():
+            raise UsageError(message)
+        super().error(message)
 
 
 def train_main(
@@ -35,7 +63,7 @@ def train_main(
     2), run, and on rank 0 print the summary (without the per-step losses) and write it whole to
     --result. The description is the first line of the module's docstring."""
     doc = (importlib.import_module(module).__doc__ or "").strip().split("\n")[0]
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"python -m {module}",
         description=f"{doc} Several processes: torchrun ... -m {module}.",
         epilog=settings_help(config_cls, aliases),

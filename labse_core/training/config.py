@@ -67,7 +67,8 @@ class RunConfig(BaseModel):
     device: str | None = None
     """None: cuda:LOCAL_RANK when CUDA is available, else cpu."""
     bf16: bool = True
-    """bf16 autocast on CUDA (ignored on CPU, where it is slow); fine-tuning's loss stays float32."""
+    """bf16 autocast on CUDA and on CPUs that multiply bf16 in hardware (AMX / AVX512-BF16; ignored on
+    other CPUs, where it is slow); fine-tuning's loss stays float32."""
     compile: bool = False
     """torch.compile the model (worth it on GPUs; off by default, it costs minutes of compile on CPU)."""
 

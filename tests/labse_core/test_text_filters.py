@@ -1,7 +1,5 @@
 import collections
 import doctest
-import glob
-import os
 
 import numpy as np
 import pydantic
@@ -21,7 +19,7 @@ from labse_core.text.filters import (
     get_langid,
 )
 from labse_core.text.normalize import normalize_text
-from tests.conftest import LOCALE_ROOT, TATOEBA
+from tests.conftest import TATOEBA, named_catalogs
 
 
 def check(src, tgt, src_lang="en", tgt_lang="de", cfg=filters.DEFAULT_FILTERS):
@@ -330,11 +328,11 @@ def test_langid_model_is_bundled_and_loaded_once():
 
 
 def _gettext_pairs(locale, limit, skip_iso=True, stride=1):
-    """(src, tgt, tgt_lang) from the locale's catalogs in name order, every `stride`-th pair."""
+    """(src, tgt, tgt_lang) from the locale's catalogs of BASE_DOMAINS in that order, every `stride`-th pair."""
     lang = langcodes.normalize(locale)
     out = []
-    for f in sorted(glob.glob(f"{LOCALE_ROOT}/{locale}/LC_MESSAGES/*.mo")):
-        if skip_iso and os.path.basename(f).startswith("iso_"):
+    for f in named_catalogs(locale):
+        if skip_iso and f.name.startswith("iso_"):
             continue
         for i, row in enumerate(catalog_pairs(read_mo(f))):
             if i % stride == 0:

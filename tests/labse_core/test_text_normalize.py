@@ -1,5 +1,4 @@
 import doctest
-import glob
 import re
 import unicodedata
 from collections import Counter
@@ -20,7 +19,7 @@ from labse_core.text.normalize import (
     sentence_key,
     strip_accelerators,
 )
-from tests.conftest import LOCALE_ROOT
+from tests.conftest import named_catalogs
 
 # ------------------------------------------------------------------------------------------------
 # Unicode, whitespace, control characters
@@ -244,7 +243,7 @@ def _real_strings(locales, per_locale=3000):
     out = []
     for loc in locales:
         n = 0
-        for f in sorted(glob.glob(f"{LOCALE_ROOT}/{loc}/LC_MESSAGES/*.mo")):
+        for f in named_catalogs(loc):
             for row in catalog_pairs(read_mo(f)):
                 out += [row.src_text, row.tgt_text]
                 n += 1

@@ -1,5 +1,7 @@
 """`labse sql` is read-only by construction: every attack below is refused with a one-line message,
-nothing outside the lake is read, and no file of the home changes (hashed before and after).
+nothing outside the lake is read, and no file of the home changes (hashed before and after). Each attack
+is refused by the layer expected to stop it (storage.catalog's three layers, told apart by their
+messages); with the earlier layers switched off, the later ones still hold on their own.
 
 The lake holds real data: corpus_raw from a few of this machine's gettext catalogs, and
 corpus_clean / corpus_rejects prepared from it.
@@ -50,18 +52,47 @@ def lake(tmp_path_factory, real_catalogs) -> Layout:
 @pytest.fixture
 def outside(tmp_path) -> Path:
     """A folder outside the lake that an attack might try to write into."""
-    return tmp_path
+    (tmp_path / "outside").mkdir()
+    return tmp_path / "outside"
 
 
-def _refused(layout: Layout, sql: str, *messages: str) -> str:
+REFUSED_BY = {
+    # layer 3: our check of the statement types (DuckDB's parser) before anything runs
+    "statement check": "only read queries are allowed here",
+    # layer 2: DuckDB's sandbox: allowed_directories + enable_external_access (files, URLs, extensions)
+    "sandbox": "refused: labse sql reads only the datasets in",
+    # layer 2 too: with external access off, FROM '<path>' is no file read (no replacement scan)
+    "no replacement scan": "does not exist",
+    # layer 2: lock_configuration
+    "locked configuration": "the configuration has been locked",
+    # layer 1: the catalog file opened read_only
+    "read-only catalog": "in read-only mode",
+}
+
+
+def _refused(layout: Layout, sql: str, layer: str) -> str:
+    """``sql`` fails with a one-line QueryError from ``layer`` (a key of REFUSED_BY), the home unchanged."""
     before = tree_hash(layout.home)
     with pytest.raises(QueryError) as info:
         catalog.query(layout, sql)
     message = str(info.value)
     assert "\n" not in message, message
-    assert any(m in message for m in messages), message
+    assert REFUSED_BY[layer] in message, f"{sql!r}: expected the {layer} to refuse it, got: {message}"
+    others = [name for name, m in REFUSED_BY.items() if name != layer and m in message]
+    assert not others, f"{sql!r}: {message} (also reads like {others})"
     assert tree_hash(layout.home) == before, f"{sql!r} changed the home"
     return message
+
+
+@pytest.fixture
+def lake_copy(lake, tmp_path) -> Layout:
+    """A copy of the lake's home for tests that switch layers off (a hole must not damage the shared one)."""
+    import shutil
+
+    shutil.copytree(lake.home, tmp_path / "copy")
+    layout = Layout.from_env(tmp_path / "copy")
+    catalog.refresh(layout)  # views now point at the copy
+    return layout
 
 
 def test_views_over_real_datasets_still_work(lake):
@@ -103,38 +134,39 @@ def test_views_over_real_datasets_still_work(lake):
 )
 def test_no_statement_writes_a_file(lake, outside, template, target):
     path = (lake.lake / "corpus/clean/lang=de/part-00000.parquet") if target == "lake" else outside / "x.csv"
-    _refused(lake, template.format(path=path), "only read queries", "SQL error", "refused")
+    _refused(lake, template.format(path=path), "statement check")
     assert target == "lake" or not path.exists()
     n = catalog.query(lake, "SELECT count(*) AS n FROM corpus_clean").to_pylist()[0]["n"]
     assert n == catalog.query(lake, "SELECT rows FROM datasets WHERE name = 'corpus_clean'").to_pylist()[0]["rows"]
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT * FROM read_text('/etc/passwd')",
-        "SELECT * FROM read_text('/etc/shadow')",
-        "SELECT * FROM read_csv('/etc/passwd')",
-        "SELECT * FROM read_csv_auto('/etc/passwd')",
-        "SELECT * FROM read_json('/etc/passwd')",
-        "SELECT * FROM read_blob('/etc/hostname')",
-        "SELECT * FROM sniff_csv('/etc/passwd')",
-        "SELECT * FROM parquet_metadata('/etc/passwd')",
-        "SELECT * FROM glob('/etc/*')",
-        "SELECT * FROM glob('/*')",
-        "FROM '/etc/passwd'",
-        "SELECT * FROM read_text('{lake}/../../../../../../etc/passwd')",
-        "SELECT * FROM glob('{lake}/../*')",
-        "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
-        "SELECT * FROM read_parquet('https://example.com/x.parquet')",
-        "SELECT * FROM read_csv('s3://bucket/key.csv')",
-        "FROM 'https://example.com/x.csv'",
-        "SELECT * FROM corpus_raw UNION ALL SELECT * FROM read_csv('/etc/passwd')",
-        "EXPLAIN ANALYZE SELECT * FROM read_text('/etc/passwd')",
-    ],
-)
+OUTSIDE_READS = [
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/shadow')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_csv_auto('/etc/passwd')",
+    "SELECT * FROM read_json('/etc/passwd')",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM sniff_csv('/etc/passwd')",
+    "SELECT * FROM parquet_metadata('/etc/passwd')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM glob('/*')",
+    "SELECT * FROM read_text('{lake}/../../../../../../etc/passwd')",
+    "SELECT * FROM glob('{lake}/../*')",
+    "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
+    "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+    "SELECT * FROM read_csv('s3://bucket/key.csv')",
+    "FROM 'https://example.com/x.csv'",
+    "SELECT * FROM corpus_raw UNION ALL SELECT * FROM read_csv('/etc/passwd')",
+    "EXPLAIN ANALYZE SELECT * FROM read_text('/etc/passwd')",
+]
+
+
+@pytest.mark.parametrize("sql", OUTSIDE_READS + ["FROM '/etc/passwd'"])
 def test_nothing_outside_the_lake_is_read(lake, sql):
-    message = _refused(lake, sql.format(lake=lake.lake), "refused", "only read queries", "SQL error", "does not exist")
+    """Reads are SELECTs: the statement check lets them through and DuckDB's sandbox refuses them."""
+    layer = "no replacement scan" if sql == "FROM '/etc/passwd'" else "sandbox"
+    message = _refused(lake, sql.format(lake=lake.lake), layer)
     assert "root:" not in message
 
 
@@ -176,21 +208,55 @@ def test_nothing_outside_the_lake_is_read(lake, sql):
     ],
 )
 def test_nothing_is_changed_or_loaded(lake, outside, sql):
-    _refused(lake, sql.format(outside=outside), "only read queries", "SQL error", "refused")
+    _refused(lake, sql.format(outside=outside), "statement check")
     assert not (outside / "other.db").exists()
     assert catalog.query(lake, "SELECT count(*) AS n FROM corpus_raw").to_pylist()[0]["n"] > 0
 
 
-def test_the_sandbox_holds_whatever_the_statement_check_lets_through(lake, monkeypatch):
-    """Layer 2 alone: with the statement check switched off, DuckDB itself still refuses reads
-    outside the lake, a network read, and a configuration change."""
+def test_the_sandbox_holds_whatever_the_statement_check_lets_through(lake_copy, outside, monkeypatch):
+    """Layers 1 and 2 without layer 3: with the statement check switched off, DuckDB's sandbox still refuses
+    reads outside the lake, network reads, writes outside it, extension loading and configuration changes,
+    and the read-only catalog file refuses changes to its tables and views."""
     monkeypatch.setattr(catalog, "_check_read_only", lambda con, sql: None)
-    for sql in ("SELECT * FROM read_text('/etc/passwd')", "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
-                "SET enable_external_access = true", "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/labse-sandbox-x.csv'",
-                "LOAD httpfs"):
-        with pytest.raises(QueryError):
-            catalog.query(lake, sql)
-    assert not Path("/tmp/labse-sandbox-x.csv").exists()
+    expected = {sql: "sandbox" for sql in OUTSIDE_READS} | {
+        "FROM '/etc/passwd'": "no replacement scan",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}/x.csv'": "sandbox",
+        "COPY corpus_raw TO '{outside}/x.csv'": "sandbox",
+        "EXPORT DATABASE '{outside}/export'": "sandbox",
+        "ATTACH '{outside}/other.db' AS o": "sandbox",
+        "LOAD httpfs": "sandbox",
+        "INSTALL httpfs": "sandbox",
+        "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')": "sandbox",  # persistent secrets live outside
+        "SET enable_external_access = true": "locked configuration",
+        "SET allowed_directories = ['/']": "locked configuration",
+        "RESET allowed_directories": "locked configuration",
+        "SET lock_configuration = false": "locked configuration",
+        "PRAGMA enable_profiling": "locked configuration",
+        "SELECT 1; SET threads = 1": "locked configuration",
+        "CREATE TABLE t AS SELECT 1": "read-only catalog",
+        "CREATE OR REPLACE VIEW corpus_raw AS SELECT 1": "read-only catalog",
+        "DROP VIEW corpus_raw": "read-only catalog",
+        "DELETE FROM datasets": "read-only catalog",
+        "UPDATE datasets SET rows = 0": "read-only catalog",
+        "INSERT INTO datasets SELECT * FROM datasets": "read-only catalog",
+        "WITH t AS (DELETE FROM datasets RETURNING *) SELECT 1": "read-only catalog",
+        "ATTACH ':memory:' AS m": "read-only catalog",
+    }
+    for sql, layer in expected.items():
+        _refused(lake_copy, sql.format(lake=lake_copy.lake, outside=outside), layer)
+    assert list(outside.iterdir()) == []
+
+
+def test_the_read_only_catalog_holds_on_its_own(lake_copy, monkeypatch):
+    """Layer 1 alone: with the statement check and DuckDB's sandbox both switched off, the catalog file
+    opened read_only still refuses every change to its views and tables."""
+    monkeypatch.setattr(catalog, "_check_read_only", lambda con, sql: None)
+    monkeypatch.setattr(catalog, "_sandbox", lambda con, layout: None)
+    for sql in ("CREATE TABLE t AS SELECT 1", "CREATE VIEW v AS SELECT 1", "CREATE OR REPLACE VIEW corpus_raw AS SELECT 1",
+                "DROP VIEW corpus_raw", "DELETE FROM datasets", "UPDATE datasets SET rows = 0",
+                "INSERT INTO datasets SELECT * FROM datasets", "WITH t AS (UPDATE datasets SET rows = 0 RETURNING *) SELECT 1",
+                "SELECT 1; DROP VIEW corpus_raw"):
+        _refused(lake_copy, sql, "read-only catalog")
 
 
 def test_a_missing_file_is_reported_by_refresh_and_query(lake, tmp_path):
