@@ -350,7 +350,7 @@ def docs_mining(stem: str, r: dict[str, Any]) -> list[str]:
     lines = ["Mean F1 over the languages, by threshold rule:", ""]
     lines += _table(["model", "set", "languages", *(RULE_LABELS[k] for k in rules)], rows,
                     [False, False, True, *([True] * len(rules))])
-    default = r.get("default_rule", "mixture")
+    default = r.get("default_rule", "otsu")
     for m in models:
         rows = []
         for x in (x for x in res if x["model"] == m and x["set"] == "manpages"):

@@ -3,8 +3,9 @@
     labse evaluate tatoeba --model DIR|models:/labse@champion [--data DIR] [--langs deu,fra] [--trained-langs de,fr]
     labse evaluate bucc    --model ... [--langs de,fr] [--gold N] [--distractors N] [--held-out-fraction F]
     labse evaluate docs    --model ... [--langs de,fr,pt_BR] [--man-root /usr/share/man] [--gold N] [--pairs-out F]
+                           [--gettext-threshold T] [--baseline DIR|models:/...]
     labse mine --src FILE|DATASET --tgt FILE|DATASET --src-lang xx --tgt-lang yy --model ... [--k 4] [--mode max]
-               [--threshold T | --calibration mixture|otsu|valley|none | --threshold-from bucc]
+               [--threshold T | --calibration otsu|mixture|valley|none | --threshold-from bucc]
                [--index flat|ivf|ivfpq|auto] [--no-filter] [--keep-embeddings]
 
 Each writes its results (``eval_results`` / ``mined``, appended), a JSON summary under LABSE_HOME/runs/<run>/
@@ -148,11 +149,17 @@ def docs(
     task: Annotated[list[str] | None, typer.Option("--task", help="mining and/or retrieval (default both).")] = None,
     pairs_out: Annotated[Path | None, typer.Option("--pairs-out", help="Write the gold pairs as TSV (to check them).")] = None,
     k: Annotated[int, typer.Option(help="Neighbours for the margin.")] = 4,
+    gettext_threshold: Annotated[float | None, typer.Option(
+        "--gettext-threshold", help="A threshold tuned on gettext pairs, to compare with the default rule "
+        "(default: the one `labse evaluate bucc` recorded for this model, if any).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Model whose retrieval accuracy this one must keep "
+                                                     "(the zero-shot import).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Retrieval check: the most a language may lose.")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
     precision: Annotated[str, typer.Option(help="fp32, bf16, or auto.")] = "auto",
 ) -> None:
-    """Mining F1 (calibrated threshold, the model's gettext-tuned one, the oracle) and retrieval accuracy on
-    bitext built from translated man pages: real documents, not gettext."""
+    """Mining P/R/F1 (the default calibrated threshold, the gettext-tuned one, the oracle) and retrieval accuracy
+    (against a baseline) on bitext built from translated man pages: real documents, not gettext."""
     from pydantic import ValidationError
 
     from flows.evaluate_docs import DocsEvalConfig, run_docs
@@ -164,7 +171,8 @@ def docs(
         cfg = DocsEvalConfig(model=model, man_root=man_root, langs=split_langs(langs), gold=gold,
                              distractors_per_gold=distractors_per_gold, retrieval_pairs=retrieval_pairs,
                              tasks=split_langs(task) or ["mining", "retrieval"], pairs_out=pairs_out,
-                             mine=MineConfig(mode="max", index="flat", k=k), batch_size=batch_size, precision=precision)
+                             mine=MineConfig(mode="max", index="flat", k=k), gettext_threshold=gettext_threshold,
+                             baseline=baseline, tolerance=tolerance, batch_size=batch_size, precision=precision)
         with status("reading man pages, embedding and mining ..."):
             report = run_docs(cfg)
     except ValidationError as e:
@@ -173,25 +181,39 @@ def docs(
         _fail(str(e).splitlines()[0])
     res = report.result
     if res["mining"]:
-        t = Table(title=f"Mining man-page bitext: {report.model.uri}", title_justify="left")
-        rules = list(dict.fromkeys(rule for r in res["mining"] for rule in r.at))
-        for col in ("language", "gold", *(f"F1 {rule}" for rule in rules), "threshold", "P", "R"):
-            t.add_column(col, justify="left" if col == "language" else "right")
+        t = Table(title=f"Mining man-page bitext: {report.model.uri} (default = calibrated from the set's margins)",
+                  title_justify="left")
+        for col in ("language", "gold", "rule", "threshold", "P", "R", "F1"):
+            t.add_column(col, justify="left" if col in ("language", "rule") else "right")
+        rules = [rule for rule in ("bucc-gettext", "default", "oracle") if any(rule in r.at for r in res["mining"])]
         for r in res["mining"]:
-            d = r.at["default"]
-            t.add_row(r.lang, str(r.sizes["gold"]), *(f"{r.at[rule].f1:.4f}" if rule in r.at else "" for rule in rules),
-                      f"{d.threshold:.4f}", f"{d.precision:.4f}", f"{d.recall:.4f}")
+            for i, rule in enumerate(x for x in rules if x in r.at):
+                p = r.at[rule]
+                t.add_row(r.lang if i == 0 else "", str(r.sizes["gold"]) if i == 0 else "", rule, f"{p.threshold:.4f}",
+                          f"{p.precision:.4f}", f"{p.recall:.4f}", f"{p.f1:.4f}")
+        for rule in rules:
+            got = [r.at[rule] for r in res["mining"] if rule in r.at]
+            t.add_row("mean", "", rule, "", *(f"{sum(getattr(p, m) for p in got) / len(got):.4f}"
+                                              for m in ("precision", "recall", "f1")))
         console.print(t)
     if res["retrieval"]:
+        base = {sc.code: sc for sc in res["baseline"]}
         t = Table(title=f"Retrieval on man-page pairs: {report.model.uri}", title_justify="left")
-        for col in ("language", "pairs", "xx->en", "en->xx", "mean"):
+        for col in ("language", "pairs", "xx->en", "en->xx", "mean", *(("baseline", "delta") if base else ())):
             t.add_column(col, justify="left" if col == "language" else "right")
         for sc in res["retrieval"]:
-            t.add_row(sc.code, str(sc.n), f"{sc.acc_xx_en:.4f}", f"{sc.acc_en_xx:.4f}", f"{sc.acc:.4f}")
+            extra = (f"{base[sc.code].acc:.4f}", f"{sc.acc - base[sc.code].acc:+.4f}") if sc.code in base else ()
+            t.add_row(sc.code, str(sc.n), f"{sc.acc_xx_en:.4f}", f"{sc.acc_en_xx:.4f}", f"{sc.acc:.4f}", *extra)
         console.print(t)
+    check = res["check"]
+    if check is not None:
+        verdict = "[green]keeps[/]" if check.ok else "[red]does not keep[/]"
+        console.print(f"retrieval check: {verdict} the baseline's accuracy (mean {check.mean_delta:+.4f}; "
+                      f"languages more than {tolerance:g} below: {check.losses or 'none'})", highlight=False)
     for lang, why in report.summary["skipped"].items():
         console.print(f"[yellow]skipped {lang}:[/] {why}", highlight=False)
-    console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}")
+    console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}; "
+                  f"plot {report.plot_path}")
 
 
 def mine(
@@ -206,8 +228,8 @@ def mine(
     margin: Annotated[str, typer.Option(help="ratio, distance or absolute.")] = "ratio",
     threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default: calibrated from this run's own "
                                                         "margins, see --calibration).")] = None,
-    calibration: Annotated[str, typer.Option(help="Without --threshold: mixture (two-component mixture over the candidates' "
-                                                  "margins), otsu, valley, or none (1.06 for ratio, 0 otherwise).")] = "mixture",
+    calibration: Annotated[str, typer.Option(help="Without --threshold: otsu (the best two-class split of the candidates' "
+                                                  "margins), mixture, valley, or none (1.06 for ratio, 0 otherwise).")] = "otsu",
     threshold_from: Annotated[str, typer.Option("--threshold-from", help="Without --threshold: calibration, or bucc (the "
                                                 "model's threshold tuned on gettext pairs by `labse evaluate bucc`).")] = "calibration",
     index: Annotated[str, typer.Option(help="flat, ivf, ivfpq or auto (flat up to --flat-max sentences).")] = "auto",

@@ -290,6 +290,9 @@ def describe_threshold(choice: ThresholdChoice) -> str:
         return (f"calibrated: two-component mixture over {d['candidates']:,} candidate margins (means "
                 f"{d['means'][0]:.4f} / {d['means'][1]:.4f}, weights {d['weights'][0]:.2f} / {d['weights'][1]:.2f}, "
                 f"separation {d['separation']:.2f})")
+    if choice.method == "otsu":
+        return (f"calibrated: Otsu split of {d['candidates']:,} candidate margins (the upper class, kept: "
+                f"{d['upper_share']:.1%})")
     return f"calibrated: {choice.method} over {d['candidates']:,} candidate margins"
 
 

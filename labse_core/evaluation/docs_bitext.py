@@ -18,8 +18,8 @@ the translation keeps the macros and replaces each paragraph's text. So, per pag
    number of sentences (``labse_core.text.sentences``), sentence j translates sentence j;
 4. a pair is kept when its *anchors* agree (the numbers, option names, paths, e-mail addresses and
    URLs that a translation copies unchanged: equal multisets on both sides, for the paragraph and for
-   the sentence), the English side has at least ``min_words`` words and reads as prose (not a synopsis
-   or command line), and the translation is not the English text again (po4a leaves untranslated
+   the sentence), the English side has at least ``min_words`` words and reads as prose (not a synopsis,
+   a command line or the NAME section's ``name - what it does`` line), and the translation is not the English text again (po4a leaves untranslated
    paragraphs in English): every reject has a reason in ``counts``.
 
 How this was checked by eye: docs/evaluation.md (a sample of pairs per language, and how often the
@@ -243,8 +243,15 @@ def _key(s: str) -> str:
     return re.sub(r"\W+", " ", s).strip().lower()
 
 
+_WHATIS = re.compile(r"^[\w.+:-]+(?:,\s*[\w.+:-]+)*\s+-\s")
+"""The NAME section's ``name, name2 - what it does`` line (``whatis``): a label with the page's own name in
+it, on every page: easy for any model and not the prose the set is about."""
+
+
 def keep_reason(xx: str, en: str, min_words: int) -> str | None:
     """Why a candidate gold pair is rejected (None: kept)."""
+    if _WHATIS.match(en):
+        return "name_line"
     if _words(en) < min_words:
         return "too_short"
     if sum(en.count(c) for c in "[]{}|<>=$;") >= 2:

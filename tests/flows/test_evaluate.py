@@ -231,9 +231,9 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
         assert res.exit_code == 0, res.output
         runs = sorted(layout.runs.rglob("mine.json"), key=lambda p: p.stat().st_mtime)
         calibrated = json.loads(runs[-1].read_text())
-        assert calibrated["threshold_method"] in ("mixture", "fallback")
+        assert calibrated["threshold_method"] in ("otsu", "fallback")
         assert calibrated["threshold_detail"]["candidates"] >= calibrated["candidates"]  # scored >= pairs kept
-        assert calibrated["threshold_method"] == "mixture" or calibrated["threshold_detail"]["why"]
+        assert calibrated["threshold_method"] == "otsu" or calibrated["threshold_detail"]["why"]
         from mlflow import MlflowClient
 
         tags = MlflowClient().get_run(calibrated["run_id"]).data.tags

@@ -93,7 +93,8 @@ def man_root(tmp_path):
     write_page(root / "man1" / "bin.1.gz", b"\x7fELF\x00\x01\x02")
     write_page(root / "de" / "man1" / "bin.1.gz", b"\x7fELF\x00\x01\x02")
     write_page(root / "man1" / "latin.1.gz", EN_PAGE)
-    write_page(root / "de" / "man1" / "latin.1.gz", DE_PAGE.encode("latin-1", "replace"))
+    # DE_PAGE spells its umlauts as groff escapes (ASCII): a comment with a Latin-1 byte makes it not UTF-8
+    write_page(root / "de" / "man1" / "latin.1.gz", ('.\\" \u00dcbersetzung\n' + DE_PAGE).encode("latin-1"))
     write_page(root / "man1" / "link.1.gz", ".so man1/frob.1\n")
     write_page(root / "de" / "man1" / "link.1.gz", ".so man1/frob.1\n")
     write_page(root / "de" / "man1" / "orphan.1.gz", DE_PAGE)  # no English page
@@ -236,7 +237,8 @@ def test_extract_pairs_keeps_the_translations_and_counts_every_reject(man_root):
     assert c["reject.page_is_a_link"] == 1 and c["reject.no_english_page"] == 1
     assert c["reject.page_empty"] == 1 and c["reject.page_binary"] == 1 and c["reject.page_not_utf8"] == 1
     assert c["reject.page_link"] == 1
-    assert c["reject.too_short"] == 2  # "frob - frobnicate files", "frobnicate(5)"
+    assert c["reject.too_short"] == 1  # "frobnicate(5)"
+    assert c["reject.name_line"] == 1  # "frob - frobnicate files": the NAME section's whatis line, not prose
     assert c["pairs"] == len(got)
 
 
@@ -311,3 +313,30 @@ def test_memo_embeds_each_distinct_sentence_once_and_keeps_the_order():
     assert calls == [["ab", "c"], ["def"]] and memo.embedded == 3
     assert a.tolist() == [[2, 97], [1, 99], [2, 97]] and b.tolist() == [[1, 99], [3, 100], [2, 97]]
     assert memo([]).shape[0] == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_loss_equals_a_plain_check(seed):
+    import random
+
+    rng = random.Random(seed)
+    langs = ["de", "fr", "ja", "ru", "pl"]
+    ref = {lang: rng.random() for lang in langs if rng.random() < 0.9}
+    cand = {lang: min(1.0, max(0.0, ref.get(lang, 0.5) + rng.choice([-0.03, -0.01, -0.005, 0.0, 0.02])))
+            for lang in langs if rng.random() < 0.9}
+    shared = [lang for lang in langs if lang in ref and lang in cand]
+    if not shared:
+        with pytest.raises(ValueError, match="no language"):
+            docs.no_loss(cand, ref)
+        return
+    got = docs.no_loss(cand, ref, tolerance=0.01)
+    losses = {}
+    total = 0.0
+    for lang in shared:
+        d = cand[lang] - ref[lang]
+        total += d
+        if d < -0.01:
+            losses[lang] = d
+    assert got.losses == pytest.approx(losses)
+    assert got.mean_delta == pytest.approx(total / len(shared))
+    assert got.ok == (not losses and total / len(shared) >= 0)

@@ -203,8 +203,8 @@ def test_mine_scored_is_every_candidate_at_or_above_the_calibrated_threshold():
     cfg = MineConfig(index="flat")
     pairs, choice = mine_scored(x, y, cfg)
     every = mine_embeddings(x, y, cfg, threshold=-np.inf)
-    assert choice.method == "mixture"
-    assert choice.value == pytest.approx(cal.calibrate(every.score, "mixture").value)
+    assert choice.method == cfg.calibration  # two clear populations: no fallback
+    assert choice.value == pytest.approx(cal.calibrate(every.score, cfg.calibration).value)
     want = {(s, t) for s, t, sc in zip(every.src.tolist(), every.tgt.tolist(), every.score.tolist(), strict=True)
             if sc >= choice.value}
     assert pairs.as_set() == want
@@ -220,4 +220,4 @@ def test_a_given_threshold_wins_and_none_is_the_fixed_fallback():
     c = choose_threshold(scores, MineConfig(calibration="none", margin="distance"))
     assert (c.value, c.method) == (DEFAULT_THRESHOLDS["distance"], "fallback")
     rec = choose_threshold(scores, MineConfig()).as_record()
-    assert set(rec) == {"threshold", "threshold_method", "threshold_detail"} and rec["threshold_method"] == "mixture"
+    assert set(rec) == {"threshold", "threshold_method", "threshold_detail"} and rec["threshold_method"] == "otsu"
