@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,6 +382,78 @@ def levers(stem: str, r: dict[str, Any]) -> list[str]:
         f"Source: `bench/results/{stem}.json`, `{r.get('command', 'labse ablation --levers')}`"
         + (f", {r['created'][:10]}" if r.get("created") else "") + ".",
     ]
+RULE_LABELS = {"gettext-tuned": "gettext-tuned", "fixed-1.06": "fixed 1.06", "mixture": "mixture", "otsu": "Otsu",
+               "valley": "KDE valley", "oracle": "oracle"}
+SET_LABELS = {"gettext-test": "gettext held-out (test split)", "manpages": "man pages, 1/3 gold",
+              "manpages-sparse": "man pages, 1/21 gold"}
+
+
+def docs_mining(stem: str, r: dict[str, Any]) -> list[str]:
+    """Mean F1 per model, set and threshold rule; then per language on the man-page set: the gettext-tuned
+    threshold, the default rule and the oracle."""
+    res, s = r["results"], r["settings"]
+    models = list(r["models"])
+    sets = list(dict.fromkeys(x["set"] for x in res))
+    rules = [k for k in RULE_LABELS if any(k in x["at"] for x in res)]
+    rows = []
+    for m in models:
+        for st in sets:
+            got = [x for x in res if x["model"] == m and x["set"] == st]
+            rows.append([m, SET_LABELS.get(st, st), str(len(got))]
+                        + [f"{np.mean([x['at'][k]['f1'] for x in got]):.3f}" if all(k in x["at"] for x in got) else ""
+                           for k in rules])
+    lines = ["Mean F1 over the languages, by threshold rule:", ""]
+    lines += _table(["model", "set", "languages", *(RULE_LABELS[k] for k in rules)], rows,
+                    [False, False, True, *([True] * len(rules))])
+    default = r.get("default_rule", "otsu")
+    for m in models:
+        rows = []
+        for x in (x for x in res if x["model"] == m and x["set"] == "manpages"):
+            a = x["at"]
+            g, d, o = a.get("gettext-tuned"), a[default], a["oracle"]
+            rows.append([x["lang"], str(x["sizes"]["gold"]),
+                         *([f"{g['threshold']:.3f}", f"{g['precision']:.3f}", f"{g['recall']:.3f}", f"{g['f1']:.3f}"]
+                           if g else ["", "", "", ""]),
+                         f"{d['threshold']:.3f}", f"{d['precision']:.3f}", f"{d['recall']:.3f}", f"{d['f1']:.3f}",
+                         f"{o['threshold']:.3f}", f"{o['f1']:.3f}"])
+        lines += ["", f"`{m}` on the man-page sets (1/3 gold; {RULE_LABELS[default]} is the default rule):", ""]
+        lines += _table(["lang", "gold", "gettext t", "P", "R", "F1", f"{RULE_LABELS[default]} t", "P", "R", "F1",
+                         "oracle t", "F1"], rows, [False] + [True] * 11)
+    lines += ["", "- Models: " + "; ".join(f"`{m}` = {v['folder']}" + (f" (step {v['step']})" if v.get("step") else "")
+                                          for m, v in r["models"].items()) + ".",
+              f"- Max mode, {s['margin']} margin, k = {s['k']}, exact index, {s['precision']} encoding; gettext-tuned: "
+              f"best F1 on the dev split of the lake's held-out pairs (100 gold, 200 distractors per side, "
+              f"held-out fraction {s['held_out_fraction']}); man-page sets: up to {s['gold']} gold pairs with "
+              f"{s['distractors_per_gold']:g}x as many distractors per side, and {s['sparse_gold']} gold with "
+              f"{s['sparse_distractors_per_gold']:g}x.", "", _source(stem, r)]
+    return lines
+
+
+def docs_retrieval(stem: str, r: dict[str, Any]) -> list[str]:
+    """Accuracy (mean of both directions) per language for each model, and the change against the first."""
+    res = r["results"]
+    models = list(r["models"])
+    base = models[0]
+    langs = list(dict.fromkeys(x["lang"] for x in res))
+    acc = {(x["model"], x["lang"]): x for x in res}
+    rows = []
+    def get(m: str, lang: str) -> float:
+        if lang == "mean":
+            return float(np.mean([acc[(m, la)]["both"] for la in langs]))
+        return acc[(m, lang)]["both"]
+
+    for lang in langs + ["mean"]:
+        n = str(acc[(base, lang)]["n"]) if lang != "mean" else str(sum(acc[(base, la)]["n"] for la in langs))
+        cells = [lang, n, f"{get(base, lang):.4f}"]
+        for m in models[1:]:
+            cells += [f"{get(m, lang):.4f}", f"{get(m, lang) - get(base, lang):+.4f}"]
+        rows.append(cells)
+    header = ["lang", "pairs", base]
+    for m in models[1:]:
+        header += [m, f"{m} - {base}"]
+    return _table(header, rows, [False] + [True] * (len(header) - 1)) + [
+        "", "Nearest neighbour by cosine among the language's pairs (both directions, mean), as Tatoeba is scored.", "",
+        _source(stem, r)]
 
 
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
@@ -391,6 +465,8 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "encode_bench": encode_bench,
     "mine_bench": mine_bench,
     "serve_load": serve_load,
+    "docs_mining": docs_mining,
+    "docs_retrieval": docs_retrieval,
 }
 
 

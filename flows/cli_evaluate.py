@@ -2,8 +2,11 @@
 
     labse evaluate tatoeba --model DIR|models:/labse@champion [--data DIR] [--langs deu,fra] [--trained-langs de,fr]
     labse evaluate bucc    --model ... [--langs de,fr] [--gold N] [--distractors N] [--held-out-fraction F]
+    labse evaluate docs    --model ... [--langs de,fr,pt_BR] [--man-root /usr/share/man] [--gold N] [--pairs-out F]
+                           [--gettext-threshold T] [--baseline DIR|models:/...]
     labse mine --src FILE|DATASET --tgt FILE|DATASET --src-lang xx --tgt-lang yy --model ... [--k 4] [--mode max]
-               [--threshold T] [--index flat|ivf|ivfpq|auto] [--no-filter] [--keep-embeddings]
+               [--threshold T | --calibration otsu|mixture|valley|none | --threshold-from bucc]
+               [--index flat|ivf|ivfpq|auto] [--no-filter] [--keep-embeddings]
 
 Each writes its results (``eval_results`` / ``mined``, appended), a JSON summary under LABSE_HOME/runs/<run>/
 and an MLflow run; bad input is one line on stderr and exit code 2. A killed ``labse mine`` is resumed by running
@@ -133,6 +136,86 @@ def bucc(
     console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}")
 
 
+@evaluate_app.command("docs")
+def docs(
+    model: ModelOpt,
+    man_root: Annotated[Path, typer.Option("--man-root", help="Man pages root: manN/ English, <lang>/manN/ translations.")]
+    = Path("/usr/share/man"),
+    langs: Annotated[list[str] | None, typer.Option("--langs", help="Translation directories or codes (de, pt_BR, pt); "
+                                                    "default: every translated language there.")] = None,
+    gold: Annotated[int, typer.Option(help="Hidden translation pairs per language.")] = 300,
+    distractors_per_gold: Annotated[float, typer.Option(help="Distractor sentences per gold pair and side.")] = 2.0,
+    retrieval_pairs: Annotated[int, typer.Option(help="Pairs per language in the retrieval set.")] = 1000,
+    task: Annotated[list[str] | None, typer.Option("--task", help="mining and/or retrieval (default both).")] = None,
+    pairs_out: Annotated[Path | None, typer.Option("--pairs-out", help="Write the gold pairs as TSV (to check them).")] = None,
+    k: Annotated[int, typer.Option(help="Neighbours for the margin.")] = 4,
+    gettext_threshold: Annotated[float | None, typer.Option(
+        "--gettext-threshold", help="A threshold tuned on gettext pairs, to compare with the default rule "
+        "(default: the one `labse evaluate bucc` recorded for this model, if any).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Model whose retrieval accuracy this one must keep "
+                                                     "(the zero-shot import).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Retrieval check: the most a language may lose.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+    precision: Annotated[str, typer.Option(help="fp32, bf16, or auto.")] = "auto",
+) -> None:
+    """Mining P/R/F1 (the default calibrated threshold, the gettext-tuned one, the oracle) and retrieval accuracy
+    (against a baseline) on bitext built from translated man pages: real documents, not gettext."""
+    from pydantic import ValidationError
+
+    from flows.evaluate_docs import DocsEvalConfig, run_docs
+    from labse_core.evaluation.docs_bitext import DocsError
+    from labse_core.evaluation.results import split_langs
+    from labse_core.mining.miner import MineConfig
+
+    try:
+        cfg = DocsEvalConfig(model=model, man_root=man_root, langs=split_langs(langs), gold=gold,
+                             distractors_per_gold=distractors_per_gold, retrieval_pairs=retrieval_pairs,
+                             tasks=split_langs(task) or ["mining", "retrieval"], pairs_out=pairs_out,
+                             mine=MineConfig(mode="max", index="flat", k=k), gettext_threshold=gettext_threshold,
+                             baseline=baseline, tolerance=tolerance, batch_size=batch_size, precision=precision)
+        with status("reading man pages, embedding and mining ..."):
+            report = run_docs(cfg)
+    except ValidationError as e:
+        _fail(_settings_error(e))
+    except (DocsError, ValueError, OSError) as e:
+        _fail(str(e).splitlines()[0])
+    res = report.result
+    if res["mining"]:
+        t = Table(title=f"Mining man-page bitext: {report.model.uri} (default = calibrated from the set's margins)",
+                  title_justify="left")
+        for col in ("language", "gold", "rule", "threshold", "P", "R", "F1"):
+            t.add_column(col, justify="left" if col in ("language", "rule") else "right")
+        rules = [rule for rule in ("bucc-gettext", "default", "oracle") if any(rule in r.at for r in res["mining"])]
+        for r in res["mining"]:
+            for i, rule in enumerate(x for x in rules if x in r.at):
+                p = r.at[rule]
+                t.add_row(r.lang if i == 0 else "", str(r.sizes["gold"]) if i == 0 else "", rule, f"{p.threshold:.4f}",
+                          f"{p.precision:.4f}", f"{p.recall:.4f}", f"{p.f1:.4f}")
+        for rule in rules:
+            got = [r.at[rule] for r in res["mining"] if rule in r.at]
+            t.add_row("mean", "", rule, "", *(f"{sum(getattr(p, m) for p in got) / len(got):.4f}"
+                                              for m in ("precision", "recall", "f1")))
+        console.print(t)
+    if res["retrieval"]:
+        base = {sc.code: sc for sc in res["baseline"]}
+        t = Table(title=f"Retrieval on man-page pairs: {report.model.uri}", title_justify="left")
+        for col in ("language", "pairs", "xx->en", "en->xx", "mean", *(("baseline", "delta") if base else ())):
+            t.add_column(col, justify="left" if col == "language" else "right")
+        for sc in res["retrieval"]:
+            extra = (f"{base[sc.code].acc:.4f}", f"{sc.acc - base[sc.code].acc:+.4f}") if sc.code in base else ()
+            t.add_row(sc.code, str(sc.n), f"{sc.acc_xx_en:.4f}", f"{sc.acc_en_xx:.4f}", f"{sc.acc:.4f}", *extra)
+        console.print(t)
+    check = res["check"]
+    if check is not None:
+        verdict = "[green]keeps[/]" if check.ok else "[red]does not keep[/]"
+        console.print(f"retrieval check: {verdict} the baseline's accuracy (mean {check.mean_delta:+.4f}; "
+                      f"languages more than {tolerance:g} below: {check.losses or 'none'})", highlight=False)
+    for lang, why in report.summary["skipped"].items():
+        console.print(f"[yellow]skipped {lang}:[/] {why}", highlight=False)
+    console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}; "
+                  f"plot {report.plot_path}")
+
+
 def mine(
     src: Annotated[str, typer.Option(help="Source sentences: text file (one per line), .parquet (text column), "
                                            "DATASET:COLUMN[:LANG] (e.g. corpus_clean:tgt_text:de) or precomputed .npy.")],
@@ -143,8 +226,12 @@ def mine(
     k: Annotated[int, typer.Option(help="Neighbours for the margin (clamped to the other side's size).")] = 4,
     mode: Annotated[str, typer.Option(help="forward, backward, intersection or max (one-to-one).")] = "max",
     margin: Annotated[str, typer.Option(help="ratio, distance or absolute.")] = "ratio",
-    threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default for ratio: the model's threshold "
-                                                                  "tuned by `labse evaluate bucc`, else 1.06; 0 otherwise).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Keep score >= this (default: calibrated from this run's own "
+                                                        "margins, see --calibration).")] = None,
+    calibration: Annotated[str, typer.Option(help="Without --threshold: otsu (the best two-class split of the candidates' "
+                                                  "margins), mixture, valley, or none (1.06 for ratio, 0 otherwise).")] = "otsu",
+    threshold_from: Annotated[str, typer.Option("--threshold-from", help="Without --threshold: calibration, or bucc (the "
+                                                "model's threshold tuned on gettext pairs by `labse evaluate bucc`).")] = "calibration",
     index: Annotated[str, typer.Option(help="flat, ivf, ivfpq or auto (flat up to --flat-max sentences).")] = "auto",
     flat_max: Annotated[int, typer.Option(help="auto: largest side searched exactly.")] = 50_000,
     nprobe: Annotated[int, typer.Option(help="IVF lists probed per query.")] = 32,
@@ -166,11 +253,12 @@ def mine(
     from labse_core.mining.miner import MineConfig
 
     try:
-        mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, index=index, flat_max=flat_max,
-                          nprobe=nprobe, chunk_size=chunk_size, shard_dtype=shard_dtype, filter=not no_filter)
+        mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, calibration=calibration, index=index,
+                          flat_max=flat_max, nprobe=nprobe, chunk_size=chunk_size, shard_dtype=shard_dtype,
+                          filter=not no_filter)
         cfg = MineRunConfig(src=src, tgt=tgt, src_lang=src_lang, tgt_lang=tgt_lang, model=model, src_text=src_text,
-                            tgt_text=tgt_text, column=column, mine=mcfg, batch_size=batch_size,
-                            keep_embeddings=keep_embeddings)
+                            tgt_text=tgt_text, column=column, mine=mcfg, threshold_from=threshold_from,
+                            batch_size=batch_size, keep_embeddings=keep_embeddings)
         with status("embedding and mining ..."):
             report = run_mine(cfg)
     except ValidationError as e:
@@ -185,10 +273,10 @@ def mine(
     if reused:  # a rerun of a killed run (labse_core.mining.resume)
         console.print(f"resumed: {reused} embedding chunks reused from the interrupted run {report.run_id}, "
                       f"{sum(c.get('embedded', 0) for c in s['embedding_chunks'].values())} embedded", highlight=False)
-    if s["threshold_source"] == "default" and s["threshold"] == 1.06:
-        console.print("[yellow]threshold:[/] stopes' default 1.06; run `labse evaluate bucc --model ...` once to tune "
-                      "it for this model (later runs use the tuned value)", highlight=False)
-    elif s["threshold_source"] not in ("given", "default"):
+    if s["threshold_method"] == "fallback":
+        console.print(f"[yellow]threshold {s['threshold']:.4f}:[/] {s['threshold_source']}; give --threshold if the "
+                      "inputs hold few translations", highlight=False)
+    elif s["threshold_method"] != "given":
         console.print(f"threshold {s['threshold']:.4f}: {s['threshold_source']}", highlight=False)
     console.print(f"mined: appended to partition src_lang={s['src_lang']}/tgt_lang={s['tgt_lang']} (run {report.run_id})")
     console.print(f"summary: {report.summary_path}")

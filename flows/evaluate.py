@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.reporting import _pyplot, _save, publish_markdown
 from labse_core.evaluation import tatoeba as tat
 from labse_core.evaluation.results import publish_rows, trained_languages
+from labse_core.mining.calibrate import ThresholdChoice
 from labse_core.mining.miner import MineConfig
 from labse_core.mlflow_model import ModelSource, resolve_model_source
 from storage import catalog, tracking
@@ -213,6 +214,9 @@ class MineRunConfig(BaseModel):
     tgt_text: Path | None = Field(None, description=".npy tgt: its sentences (default: <stem>.txt).")
     column: str | None = Field(None, description="Parquet inputs: the sentence column (default: text).")
     mine: MineConfig = Field(default_factory=MineConfig, description="Margin, mode, threshold, index.")
+    threshold_from: Literal["calibration", "bucc"] = Field(
+        "calibration", description="Without mine.threshold: calibrate it from the run's own margins (mine.calibration), "
+        "or use the model's threshold tuned by `labse evaluate bucc` on gettext pairs (calibrated when it has none).")
     batch_size: int = Field(64, ge=1, description="Sentences per encoder batch.")
     keep_embeddings: bool = Field(False, description="Keep the spilled embedding shards under the run folder.")
     parent_run_id: str | None = Field(None, description="MLflow parent run (the pipeline's).")
@@ -256,6 +260,42 @@ def mined_table(rows, *, src_lang: str, tgt_lang: str, mode: str, src_origin: st
     }, schema=MINED.file_schema)
 
 
+def _bucc_tuned(cfg: MineRunConfig, layout: Layout, source: ModelSource | None, src_lang: str,
+                tgt_lang: str) -> tuple[MineRunConfig, ThresholdChoice | None]:
+    """``threshold_from="bucc"``: the model's gettext-tuned threshold as the run's threshold, and the
+    choice that records where it came from; otherwise (or when the model has none) the config as it is."""
+    if cfg.threshold_from != "bucc" or cfg.mine.threshold is not None or cfg.mine.margin != "ratio" or source is None:
+        return cfg, None
+    from labse_core.evaluation.results import tuned_threshold
+
+    tuned = tuned_threshold(layout, model_uri=source.uri, model_name=source.name, model_version=source.version,
+                            langs=[lang for lang in (src_lang, tgt_lang) if lang != "en"])
+    if tuned is None:
+        log.warning("mine: %s has no threshold tuned by `labse evaluate bucc`: calibrating it", source.uri)
+        return cfg, None
+    cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"threshold": tuned[0]})})
+    return cfg, ThresholdChoice(tuned[0], "bucc-tuned", {"source": tuned[1]})
+
+
+def describe_threshold(choice: ThresholdChoice) -> str:
+    """One line saying how a run's threshold was chosen (the summary's ``threshold_source``)."""
+    d = choice.detail
+    if choice.method == "given":
+        return "given (--threshold)"
+    if choice.method == "bucc-tuned":
+        return d["source"]
+    if choice.method == "fallback":
+        return f"fallback {choice.value:g}: {d.get('why', '')}"
+    if choice.method == "mixture":
+        return (f"calibrated: two-component mixture over {d['candidates']:,} candidate margins (means "
+                f"{d['means'][0]:.4f} / {d['means'][1]:.4f}, weights {d['weights'][0]:.2f} / {d['weights'][1]:.2f}, "
+                f"separation {d['separation']:.2f})")
+    if choice.method == "otsu":
+        return (f"calibrated: Otsu split of {d['candidates']:,} candidate margins (the upper class, kept: "
+                f"{d['upper_share']:.1%})")
+    return f"calibrated: {choice.method} over {d['candidates']:,} candidate margins"
+
+
 def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     """Mine ``cfg.src`` x ``cfg.tgt`` and append the pairs to ``mined`` (module docstring). Killed, the same
     command resumes: same MLflow run, embedding chunks reused, pairs appended once (labse_core.mining.resume)."""
@@ -275,16 +315,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     if source is None and (src.embeddings is None or tgt.embeddings is None):
         raise ValueError("--model is needed: an input has sentences without precomputed embeddings")
     tracking.configure(layout)
-    threshold_source = "given" if cfg.mine.threshold is not None else "default"
-    if cfg.mine.threshold is None and cfg.mine.margin == "ratio" and source is not None:
-        # A model's best ratio margin differs (e5 ~1.02, a from-scratch encoder ~1.1): use its tuned one.
-        from labse_core.evaluation.results import tuned_threshold
-
-        tuned = tuned_threshold(layout, model_uri=source.uri, model_name=source.name, model_version=source.version,
-                                langs=[lang for lang in (src_lang, tgt_lang) if lang != "en"])
-        if tuned is not None:
-            cfg = cfg.model_copy(update={"mine": cfg.mine.model_copy(update={"threshold": tuned[0]})})
-            threshold_source = tuned[1]
+    cfg, tuned = _bucc_tuned(cfg, layout, source, src_lang, tgt_lang)
     embed = embedder(source.folder, cfg.batch_size) if source else None
     model_uri = source.uri if source else "precomputed"
     settings = cfg.model_dump(mode="json", exclude={"keep_embeddings", "parent_run_id", "prefect_artifacts"})
@@ -295,13 +326,15 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         work.record_run(run_id)
         mlflow.set_tags({"stage": "mine", "model_uri": model_uri, "model_version": str(source.version if source else None),
                          "pair": f"{src_lang}-{tgt_lang}"})
-        mlflow.log_params({"src": cfg.src, "tgt": cfg.tgt, **{k: str(v) for k, v in cfg.mine.model_dump().items()
-                                                              if k != "rules"}})
+        mlflow.log_params({"src": cfg.src, "tgt": cfg.tgt, "threshold_from": cfg.threshold_from,
+                           **{k: str(v) for k, v in cfg.mine.model_dump().items() if k != "rules"}})
         try:
             result = mine_inputs(src, tgt, src_lang, tgt_lang, embed, work.path, cfg.mine)
         except Exception:
             work.finish()  # an error, not a crash: a rerun would fail the same way
             raise
+        choice = tuned or result.threshold  # how the threshold was chosen, recorded with the pairs
+        mlflow.set_tags({"threshold_method": choice.method, "threshold_source": describe_threshold(choice)[:5000]})
         created = dt.datetime.now(dt.UTC)
         table = mined_table(result.rows, src_lang=src_lang, tgt_lang=tgt_lang, mode=cfg.mine.mode, src_origin=cfg.src,
                             tgt_origin=cfg.tgt, model_uri=model_uri, model_version=source.version if source else None,
@@ -309,7 +342,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         stats = {"src_sentences": result.src_total, "tgt_sentences": result.tgt_total,
                  "src_distinct": result.src_distinct, "tgt_distinct": result.tgt_distinct,
                  "candidates": len(result.pairs), "kept": len(result.rows), "index": result.index_kind,
-                 "threshold": cfg.mine.threshold_value(), "threshold_source": threshold_source,
+                 **choice.as_record(), "threshold_source": describe_threshold(choice),
                  "dropped": dict(result.dropped), "embedding_chunks": result.chunks}
         if not run_files_published(layout, MINED, run_id):  # else an interrupted attempt of this run appended them
             append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
@@ -331,7 +364,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     if cfg.prefect_artifacts:
         publish_markdown("mine", [f"### mine {src_lang}-{tgt_lang}: {len(result.rows):,} pairs",
                                   f"- {result.src_total:,} x {result.tgt_total:,} sentences, {len(result.pairs):,} "
-                                  f"over the threshold {cfg.mine.threshold_value()}, dropped {dict(result.dropped)}",
+                                  f"over the threshold {choice.value:.4f} ({describe_threshold(choice)}), dropped {dict(result.dropped)}",
                                   f"- MLflow run: `{run_id}`"])
     return MineReport(run_id, source, result, summary, summary_path, len(result.rows))
 

@@ -102,6 +102,11 @@ class Pairs:
     def as_set(self) -> set[tuple[int, int]]:
         return set(zip(self.src.tolist(), self.tgt.tolist(), strict=True))
 
+    def above(self, threshold: float) -> Pairs:
+        """The pairs with score >= ``threshold`` (still best first)."""
+        keep = self.score >= threshold
+        return Pairs(self.src[keep], self.tgt[keep], self.cosine[keep], self.score[keep])
+
 
 def _sorted(src, tgt, cos, score) -> Pairs:
     order = np.lexsort((tgt, src, -score.astype(np.float64)))  # best score first; ties by position

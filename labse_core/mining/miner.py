@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from labse_core import langcodes
+from labse_core.mining.calibrate import Method as CalibrationMethod
+from labse_core.mining.calibrate import ThresholdChoice, calibrate
 from labse_core.mining.knn import IndexConfig, IndexKind, MiningInputError, choose_kind, knn
 from labse_core.mining.margin import MarginKind, Mode, Pairs, select_pairs
 from labse_core.mining.shards import ShardedArray, embed_to_shards
@@ -43,8 +45,9 @@ from labse_core.text.normalize import normalize_text
 from storage.faults import maybe_die
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"ratio": 1.06, "distance": 0.0, "absolute": 0.0}
-"""Threshold when none is given: stopes' ratio-margin value (1.04-1.06 with LASER), a positive distance
-margin, any cosine. Tune it per model on a BUCC-style set (``labse evaluate bucc`` prints the best)."""
+"""The fallback threshold, used when no threshold is given and the run's margins show no two
+populations to calibrate on (``labse_core.mining.calibrate``): stopes' ratio-margin value (1.04-1.06
+with LASER), a positive distance margin, any cosine."""
 
 
 class MineConfig(BaseModel):
@@ -55,7 +58,13 @@ class MineConfig(BaseModel):
     k: int = Field(4, ge=1, description="Neighbours per sentence for the margin (LASER: 4); clamped to the other side's size.")
     mode: Mode = Field("max", description="forward, backward, intersection or max (one-to-one, LASER's BUCC mode).")
     margin: MarginKind = Field("ratio", description="ratio (cos / mean neighbour cos), distance (cos - mean) or absolute (cos).")
-    threshold: float | None = Field(None, description="Keep pairs with score >= this; None: DEFAULT_THRESHOLDS[margin].")
+    threshold: float | None = Field(None, description="Keep pairs with score >= this; None: calibrated from the run's "
+                                    "own margins (`calibration`), DEFAULT_THRESHOLDS[margin] when they show no two populations.")
+    calibration: CalibrationMethod | Literal["none"] = Field(
+        "otsu", description="How a threshold is chosen when none is given: otsu (the best two-class split of the "
+                            "candidates' margins; measured the most robust across domains and models, "
+                            "labse_core.mining.calibrate), mixture (two-component Gaussian mixture), valley, or none "
+                            "(DEFAULT_THRESHOLDS[margin]).")
     index: IndexKind = Field("auto", description="flat (exact), ivf, ivfpq, or auto (flat up to flat_max rows).")
     flat_max: int = Field(50_000, ge=1, description="auto: largest side searched with the exact flat index.")
     nprobe: int = Field(32, ge=1, description="IVF lists probed per query.")
@@ -67,16 +76,40 @@ class MineConfig(BaseModel):
     rules: PrepareRules = Field(default_factory=PrepareRules, description="Normalization and filter thresholds.")
 
     def threshold_value(self) -> float:
+        """The given threshold, else the fallback; the threshold a run used is ``choose_threshold``'s."""
         return DEFAULT_THRESHOLDS[self.margin] if self.threshold is None else self.threshold
 
     def index_config(self) -> IndexConfig:
         return IndexConfig(kind=self.index, flat_max=self.flat_max, nprobe=self.nprobe, nlist=self.nlist)
 
 
+def choose_threshold(scores: np.ndarray, cfg: MineConfig) -> ThresholdChoice:
+    """The threshold of a run whose candidate pairs (every pair of the mode, before any threshold)
+    scored ``scores``: ``cfg.threshold`` when given, else calibrated from the scores
+    (``labse_core.mining.calibrate``), falling back to ``DEFAULT_THRESHOLDS[cfg.margin]``."""
+    if cfg.threshold is not None:
+        return ThresholdChoice(float(cfg.threshold), "given")
+    fallback = DEFAULT_THRESHOLDS[cfg.margin]
+    if cfg.calibration == "none":
+        return ThresholdChoice(fallback, "fallback", {"why": "calibration none"})
+    return calibrate(scores, cfg.calibration, fallback)
+
+
+def mine_scored(
+    x: np.ndarray | ShardedArray, y: np.ndarray | ShardedArray, cfg: MineConfig = MineConfig()
+) -> tuple[Pairs, ThresholdChoice]:
+    """Margin-mined pairs of source rows ``x`` and target rows ``y`` (any scale; never modified) at the
+    run's threshold (``choose_threshold``), and that threshold with how it was chosen."""
+    cand = mine_embeddings(x, y, cfg, threshold=-np.inf)
+    choice = choose_threshold(cand.score, cfg)
+    return cand.above(choice.value), choice
+
+
 def mine_embeddings(
     x: np.ndarray | ShardedArray, y: np.ndarray | ShardedArray, cfg: MineConfig = MineConfig(), threshold: float | None = None
 ) -> Pairs:
-    """Margin-mined pairs of source rows ``x`` and target rows ``y`` (any scale; never modified)."""
+    """Margin-mined pairs of source rows ``x`` and target rows ``y`` (any scale; never modified) with score
+    >= ``threshold`` (None: ``cfg``'s rule, ``choose_threshold``; ``-np.inf``: every candidate)."""
     if len(x) == 0:
         raise MiningInputError("the source side is empty: nothing to mine")
     if len(y) == 0:
@@ -84,7 +117,8 @@ def mine_embeddings(
     icfg = cfg.index_config()
     fwd = knn(x, y, cfg.k, icfg)  # (n, k) sources -> targets
     bwd = knn(y, x, cfg.k, icfg)  # (m, k) targets -> sources
-    return select_pairs(fwd, bwd, cfg.mode, cfg.margin, cfg.threshold_value() if threshold is None else threshold)
+    cand = select_pairs(fwd, bwd, cfg.mode, cfg.margin, -np.inf)
+    return cand.above(choose_threshold(cand.score, cfg).value if threshold is None else threshold)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,6 +375,8 @@ class MineResult:
     index_kind: str
     chunks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per side ("src", "tgt"): embedding chunks embedded by this run and reused from an interrupted one."""
+    threshold: ThresholdChoice | None = None
+    """The threshold the pairs were cut at and how it was chosen (``choose_threshold``)."""
 
 
 def mine_inputs(
@@ -356,11 +392,11 @@ def mine_inputs(
     ys = embed_input(tgt, embed, work / "tgt", cfg)
     if ys.total == 0:
         raise MiningInputError(f"{tgt.spec}: the target input has no sentences")
-    pairs = mine_embeddings(xs.vectors, ys.vectors, cfg)
+    pairs, choice = mine_scored(xs.vectors, ys.vectors, cfg)
     maybe_die("mine.scored")
     src_texts = collect_texts(src, xs.rows[pairs.src])
     tgt_texts = collect_texts(tgt, ys.rows[pairs.tgt])
     rows, dropped = apply_rules(pairs, xs.rows, ys.rows, src_texts, tgt_texts, src_lang, tgt_lang, cfg.rules, cfg.filter)
     return MineResult(rows, pairs, dropped, xs.total, ys.total, len(xs.rows), len(ys.rows),
                       choose_kind(max(len(xs.rows), len(ys.rows)), cfg.index_config()),
-                      {"src": xs.chunks, "tgt": ys.chunks})
+                      {"src": xs.chunks, "tgt": ys.chunks}, choice)

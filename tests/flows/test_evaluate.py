@@ -214,16 +214,30 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
         assert (value[("test", "precision")], value[("test", "recall")], value[("test", "f1")]) == \
             pytest.approx((want["precision"], want["recall"], want["f1"]), abs=1e-9)
         assert value[("test", "f1")] > 0.1  # the tiny bag-of-subwords model finds some of the hidden pairs
-        # `labse mine` without --threshold then uses the threshold tuned for this model (de's dev value).
+        # `labse mine --threshold-from bucc` then uses the threshold tuned for this model (de's dev value);
+        # without it the threshold is calibrated from the run's own margins, and the run says which.
         src_file, tgt_file = tmp_path / "de.txt", tmp_path / "en.txt"
         src_file.write_text("".join(de + "\n" for de, _ in held[:30]))  # held: (de, en)
         tgt_file.write_text("".join(en + "\n" for _, en in held[:30]))
-        res = CliRunner().invoke(app, ["--home", str(layout.home), "mine", "--src", str(src_file), "--tgt", str(tgt_file),
-                                       "--src-lang", "de", "--tgt-lang", "en", "--model", str(model_dir), "--no-filter"])
+        mine_args = ["--home", str(layout.home), "mine", "--src", str(src_file), "--tgt", str(tgt_file),
+                     "--src-lang", "de", "--tgt-lang", "en", "--model", str(model_dir), "--no-filter"]
+        res = CliRunner().invoke(app, [*mine_args, "--threshold-from", "bucc"])
         assert res.exit_code == 0, res.output
         mined_summary = json.loads(next(layout.runs.rglob("mine.json")).read_text())
         assert mined_summary["threshold"] == pytest.approx(value[("dev", "threshold")])
         assert "tuned on bucc dev for de" in mined_summary["threshold_source"]
+        assert mined_summary["threshold_method"] == "bucc-tuned"
+        res = CliRunner().invoke(app, [*mine_args, "--chunk-size", "7"])  # another run (the work key differs)
+        assert res.exit_code == 0, res.output
+        runs = sorted(layout.runs.rglob("mine.json"), key=lambda p: p.stat().st_mtime)
+        calibrated = json.loads(runs[-1].read_text())
+        assert calibrated["threshold_method"] in ("otsu", "fallback")
+        assert calibrated["threshold_detail"]["candidates"] >= calibrated["candidates"]  # scored >= pairs kept
+        assert calibrated["threshold_method"] == "otsu" or calibrated["threshold_detail"]["why"]
+        from mlflow import MlflowClient
+
+        tags = MlflowClient().get_run(calibrated["run_id"]).data.tags
+        assert tags["threshold_method"] == calibrated["threshold_method"] and tags["threshold_source"]
         res = CliRunner().invoke(app, ["--home", str(layout.home), "evaluate", "bucc", "--model", str(model_dir),
                                        "--langs", "fr"])
         assert res.exit_code == 2 and "no language 'fr'" in res.output
