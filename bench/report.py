@@ -360,14 +360,17 @@ def tatoeba_gate(stem: str, r: dict[str, Any]) -> list[str]:
 
 def levers(stem: str, r: dict[str, Any]) -> list[str]:
     """``labse ablation --levers FILE --tatoeba-sample N --json`` (an AblationSummary)."""
-    cols = list((r.get("start") or {}).get("tatoeba") or next((a["tatoeba"] for a in r["arms"] if a["tatoeba"]), {}))
+    order = ("all112", "xtreme36", "xnli14", "major14")
+    cols = sorted((r.get("start") or {}).get("tatoeba") or next((a["tatoeba"] for a in r["arms"] if a["tatoeba"]), {}),
+                  key=lambda c: next((i for i, g in enumerate(order) if c.startswith(f"tatoeba_{g}")), len(order)))
     short = [c.removeprefix("tatoeba_").rsplit("_sample", 1)[0] for c in cols]
     rows = []
     if r.get("start"):
         rows.append(["starting model (zero-shot)", "", "", "", "", "", *[_pct(100 * r["start"]["tatoeba"][c]) for c in cols]])
     for a in r["arms"]:
         changes = ", ".join(f"{k}={v}" for k, v in a["overrides"].items())
-        rows.append([a["arm"], changes, str(a["steps"]), f"{a['train_pairs']:,}", f"{a['seconds'] / 60:.1f}",
+        seen = a["steps"] * a["overrides"].get("batch_size", (r.get("base") or {}).get("batch_size", 0))
+        rows.append([a["arm"], changes, str(a["steps"]), f"{seen:,}", f"{a['seconds'] / 60:.1f}",
                      f"{a['final_accuracy']:.3f}", *[_pct(100 * (a["tatoeba"] or {}).get(c, float("nan"))) for c in cols]])
     sample = cols[0].rsplit("_sample", 1)[1] if cols and "_sample" in cols[0] else None
     head = ["arm", "changes from the base", "steps", "pairs seen", "train min", "held-out acc", *short]
