@@ -332,8 +332,8 @@ def evaluate_stage(cfg: EvaluateStageConfig, parent_run_id: str, model_dir: str,
             rows += rep.rows
         except ValueError as e:  # too few held-out pairs in every language: say so, the run goes on
             stats["bucc_skipped"] = str(e)
-    shown = ", ".join(f"{k} {num(v, '.4f')}" for k, v in stats.get("gate_values", {}).items()) or "Tatoeba not run"
-    logger.info("evaluate: %s (%d languages), BUCC F1 %s, xSIM error %s", shown, len(stats.get("tatoeba_langs", [])),
+    figures = ", ".join(f"{k} {num(v, '.4f')}" for k, v in stats.get("gate_values", {}).items()) or "Tatoeba not run"
+    logger.info("evaluate: %s (%d languages), BUCC F1 %s, xSIM error %s", figures, len(stats.get("tatoeba_langs", [])),
                 num(stats.get("bucc_f1"), ".4f"), num(stats.get("xsim_error"), ".4f"))
     return StageSummary(stage="evaluate", dataset="eval_results", rows=rows, partitions=0, files=0,
                         seconds=time.perf_counter() - t0, path=str(layout.dataset_dir("eval/results")),

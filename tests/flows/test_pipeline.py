@@ -98,7 +98,8 @@ def test_mlflow_holds_parent_and_child_runs(summary):
 
 def test_presets():
     assert preset("demo").ingest.languages is None  # the demo reads every catalog
-    assert len(preset("demo").prepare.raw_languages) == 30
+    assert preset("demo").prepare.raw_languages is None  # and carries every language through every stage
+    assert len(preset("scratch").prepare.raw_languages) == 30
     with pytest.raises(ValueError, match="known presets"):
         preset("nope")
 
@@ -247,7 +248,8 @@ def test_registry_gate_branches(summary, tmp_path):
         with mlflow.start_run(run_name="gate-test"):
             return register_and_promote(
                 model_dir, pairs, name="gate-test", cache_dir=layout.model_cache, primary_name="tatoeba_mean",
-                primary=lambda embed: tat.evaluate_tatoeba(embed, TATOEBA, ["deu", "ukr"]).group("evaluated").acc)
+                primary=lambda embed: tat.evaluate_tatoeba(embed, TATOEBA, ["deu", "ukr"]).group("evaluated").acc,
+                precision=ev.stats["tatoeba_precision"])  # encoded as the evaluate stage encoded
 
     first = promote(constant)
     assert first.promoted and first.reason == "no champion yet"
