@@ -74,6 +74,23 @@ def test_sql_before_any_run(tmp_path):
     assert r.returncode == 2 and "no catalog" in r.stderr
 
 
+@pytest.mark.parametrize("content, said", [
+    ("{", "bad.json:1: not JSON"),
+    ('{"levers": {}}', 'expected {"base"'),
+    ('{"base": {"preset": "nope"}, "levers": {"a": {}}}', "base.preset 'nope' is not one of"),
+    ('{"levers": {"a": {"no_such_field": 1}}}', "unknown FinetuneConfig fields: no_such_field"),
+    ('{"levers": {"a": {"lr": -1}}}', "lr must be > 0"),
+    ('{"levers": {"a": 3}}', "lever 'a' is not an object"),
+])
+def test_a_bad_lever_file_is_one_line_naming_it(tmp_path, content, said):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    r = labse(tmp_path / "empty", "ablation", "--levers", str(bad), check=False)
+    out = (r.stderr + r.stdout).strip()
+    assert r.returncode == 2 and "Traceback" not in out and len(out.splitlines()) == 1, out
+    assert f"--levers {bad}" in out and said in out, out
+
+
 def test_ablation_before_any_vocabulary_says_what_to_run(tmp_path):
     r = labse(tmp_path / "empty", "ablation", "--steps", "10", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
