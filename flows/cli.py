@@ -157,8 +157,10 @@ def _print_tatoeba(stages) -> None:
     sample = by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats.get("tatoeba_sample")
     where = f"the fixed sample of {sample} pairs per language" if sample else "every pair"
     t = Table(title=f"Tatoeba accuracy, % ({where}; the first column decides the registry gate)", title_justify="left")
+    langs = len(by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats.get("tatoeba_langs") or [])
     for col in ["model", *columns]:
-        t.add_column(col.removeprefix("tatoeba_").removesuffix(f"_sample{sample}"),
+        name = col.removeprefix("tatoeba_").removesuffix(f"_sample{sample}")
+        t.add_column(f"mean of {langs} languages" if name == "mean" else name,
                      justify="left" if col == "model" else "right")
     for name, values, reg in rows:
         version = f" v{reg.stats['registered_version']}" if reg is not None else ""
