@@ -154,10 +154,10 @@ def _print_tatoeba(stages) -> None:
     if not rows:
         return
     columns = list(rows[0][1])
-    sample = by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats.get("tatoeba_sample")
+    first = by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats
+    sample, langs = first.get("tatoeba_sample"), len(first.get("tatoeba_langs") or [])
     where = f"the fixed sample of {sample} pairs per language" if sample else "every pair"
     t = Table(title=f"Tatoeba accuracy, % ({where}; the first column decides the registry gate)", title_justify="left")
-    langs = len(by[next(s for s in ("evaluate (imported)", "evaluate") if s in by)].stats.get("tatoeba_langs") or [])
     for col in ["model", *columns]:
         name = col.removeprefix("tatoeba_").removesuffix(f"_sample{sample}")
         t.add_column(f"mean of {langs} languages" if name == "mean" else name,

@@ -18,6 +18,8 @@ Registered in ``flows/cli.py`` by ``cli_evaluate.register(app)``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +40,19 @@ def _settings_error(e) -> str:
     """A pydantic ValidationError as one line naming the options: "bad settings: --mode: Input should be ..."."""
     return "bad settings: " + "; ".join(
         f"--{'-'.join(map(str, x['loc'][-1:])).replace('_', '-')}: {x['msg']}" for x in e.errors())
+
+
+@contextlib.contextmanager
+def _one_line_errors(*errors: type[BaseException]) -> Iterator[None]:
+    """Bad settings (pydantic) and the command's own ``errors`` as one line on stderr, exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        _fail(_settings_error(e))
+    except errors as e:
+        _fail(str(e).splitlines()[0])
 
 
 def register(app: typer.Typer) -> None:
@@ -61,13 +76,11 @@ def tatoeba(
 ) -> None:
     """Tatoeba retrieval accuracy in both directions per language and per group (XTREME-36, all 112, trained);
     a group not fully evaluated is shown with its count, e.g. all112 (14/112)."""
-    from pydantic import ValidationError
-
     from flows.evaluate import TatoebaEvalConfig, run_tatoeba
     from labse_core.evaluation.results import split_langs
     from labse_core.readers.records import ReaderError
 
-    try:
+    with _one_line_errors(ValueError, ReaderError, OSError):
         cfg = TatoebaEvalConfig(model=model, langs=split_langs(langs), trained_langs=split_langs(trained_langs),
                                 batch_size=batch_size, sample=sample, precision=precision,
                                 **({"data": data} if data is not None else {}))
@@ -75,10 +88,6 @@ def tatoeba(
             raise ValueError(f"--data {cfg.data}: not a folder (the Tatoeba v1 files tatoeba.xxx-eng.*)")
         with status("embedding and scoring Tatoeba ..."):
             report = run_tatoeba(cfg)
-    except ValidationError as e:
-        _fail(_settings_error(e))
-    except (ValueError, ReaderError, OSError) as e:
-        _fail(str(e).splitlines()[0])
     res = report.result
     t = Table(title=f"Tatoeba v1: {report.model.uri}" + (f" (version {report.model.version})" if report.model.version else ""),
               title_justify="left")
@@ -107,22 +116,16 @@ def bucc(
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
 ) -> None:
     """BUCC-style mining F1 (threshold tuned on dev, applied to test) and xSIM, on held-out corpus pairs."""
-    from pydantic import ValidationError
-
     from flows.evaluate import BuccEvalConfig, run_bucc
     from labse_core.evaluation.results import split_langs
     from labse_core.mining.miner import MineConfig
 
-    try:
+    with _one_line_errors(ValueError, OSError):
         cfg = BuccEvalConfig(model=model, langs=split_langs(langs), gold=gold, distractors=distractors,
                              held_out_fraction=held_out_fraction, mine=MineConfig(mode="max", index="flat", k=k),
                              batch_size=batch_size)
         with status("building the sets, embedding and mining ..."):
             report = run_bucc(cfg)
-    except ValidationError as e:
-        _fail(_settings_error(e))
-    except (ValueError, OSError) as e:
-        _fail(str(e).splitlines()[0])
     t = Table(title=f"BUCC-style mining, held-out pairs: {report.model.uri}", title_justify="left")
     for col in ("language", "F1", "precision", "recall", "threshold (dev)", "xSIM xx->en", "xSIM en->xx"):
         t.add_column(col, justify="left" if col == "language" else "right")
@@ -160,14 +163,12 @@ def docs(
 ) -> None:
     """Mining P/R/F1 (the default calibrated threshold, the gettext-tuned one, the oracle) and retrieval accuracy
     (against a baseline) on bitext built from translated man pages: real documents, not gettext."""
-    from pydantic import ValidationError
-
     from flows.evaluate_docs import DocsEvalConfig, run_docs
     from labse_core.evaluation.docs_bitext import DocsError
     from labse_core.evaluation.results import split_langs
     from labse_core.mining.miner import MineConfig
 
-    try:
+    with _one_line_errors(DocsError, ValueError, OSError):
         cfg = DocsEvalConfig(model=model, man_root=man_root, langs=split_langs(langs), gold=gold,
                              distractors_per_gold=distractors_per_gold, retrieval_pairs=retrieval_pairs,
                              tasks=split_langs(task) or ["mining", "retrieval"], pairs_out=pairs_out,
@@ -175,10 +176,6 @@ def docs(
                              baseline=baseline, tolerance=tolerance, batch_size=batch_size, precision=precision)
         with status("reading man pages, embedding and mining ..."):
             report = run_docs(cfg)
-    except ValidationError as e:
-        _fail(_settings_error(e))
-    except (DocsError, ValueError, OSError) as e:
-        _fail(str(e).splitlines()[0])
     res = report.result
     if res["mining"]:
         t = Table(title=f"Mining man-page bitext: {report.model.uri} (default = calibrated from the set's margins)",
@@ -245,14 +242,12 @@ def mine(
     keep_embeddings: Annotated[bool, typer.Option("--keep-embeddings", help="Keep the .npy shards under the run folder.")] = False,
 ) -> None:
     """Mine bitext from two monolingual inputs with the margin criterion (pairs -> dataset `mined`)."""
-    from pydantic import ValidationError
-
     from flows.evaluate import MineRunConfig, run_mine
     from labse_core.langcodes import UnknownLanguage
     from labse_core.mining.knn import MiningInputError
     from labse_core.mining.miner import MineConfig
 
-    try:
+    with _one_line_errors(MiningInputError, UnknownLanguage, ValueError, OSError):
         mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, calibration=calibration, index=index,
                           flat_max=flat_max, nprobe=nprobe, chunk_size=chunk_size, shard_dtype=shard_dtype,
                           filter=not no_filter)
@@ -261,10 +256,6 @@ def mine(
                             batch_size=batch_size, keep_embeddings=keep_embeddings)
         with status("embedding and mining ..."):
             report = run_mine(cfg)
-    except ValidationError as e:
-        _fail(_settings_error(e))
-    except (MiningInputError, UnknownLanguage, ValueError, OSError) as e:
-        _fail(str(e).splitlines()[0])
     s = report.summary
     console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
                   f"{s['candidates']:,} pairs scored >= {num(s['threshold'])}, {s['kept']:,} kept after the filters "

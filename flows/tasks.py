@@ -319,7 +319,7 @@ def evaluate_stage(cfg: EvaluateStageConfig, parent_run_id: str, model_dir: str,
             stats |= {"tatoeba_langs": [x.code for x in rep.result.languages], "tatoeba_mean": ev.acc,
                       "tatoeba_sample": cfg.tatoeba_sample, "tatoeba_precision": rep.summary["precision"],
                       "tatoeba_run_id": rep.run_id, "gate_primary": gate, "gate_values": values}
-            stats |= {f"tatoeba_{g.group}": g.acc for g in rep.result.groups}
+            stats |= {f"tatoeba_{g.metric_key}": g.acc for g in rep.result.groups}  # partial: all112-partial-14of112
             rows += rep.rows
     if cfg.bucc:
         try:
@@ -386,12 +386,11 @@ def mine_stage(cfg: MineStageConfig, parent_run_id: str, model_dir: str, held_ou
 
 def _gate_name(langs: list[str], data: Path, sample: int | None) -> str:
     """The deciding metric's name when the gate measures both models itself (no evaluate stage ran):
-    ``tatoeba.gate_metrics``'s, worked out from the languages alone."""
-    from labse_core.evaluation.tatoeba import ALL
+    ``tatoeba.gate_metrics``' name, from the languages (any spelling) alone."""
+    from labse_core.evaluation.tatoeba import gate_metric_name
     from labse_core.readers.tatoeba import select_languages
 
-    suffix = "" if sample is None else f"_sample{sample}"
-    return f"tatoeba_{ALL}{suffix}" if set(select_languages(data)) <= set(langs) else f"tatoeba_mean{suffix}"
+    return gate_metric_name(set(select_languages(data)) <= set(select_languages(data, langs)), sample)
 
 
 @task(name="register", task_run_name="register", **stage_cache.IO_RETRIES)
@@ -399,8 +398,9 @@ def register_stage(cfg: RegisterStageConfig, parent_run_id: str, model_dir: str,
                    eval_pairs: list, evaluation: dict[str, Any],
                    known_primaries: dict[str, Any] | None = None) -> StageSummary:
     """The registry gate: ``model_dir`` (logged into the fine-tuning run ``finetune_run_id``) becomes a new
-    version of ``cfg.name``; ``@champion`` moves when it beats the holder on Tatoeba over the run's
-    languages (held-out accuracy on ``eval_pairs`` breaks ties; ``gate_decision``). ``evaluation``: the
+    version of ``cfg.name``; ``@champion`` moves when it beats the holder on Tatoeba (the all-112 mean when
+    every language was evaluated, else the mean over the evaluated ones; ``tatoeba.gate_metrics``), held-out
+    accuracy on ``eval_pairs`` breaking ties (``gate_decision``). ``evaluation``: the
     evaluate stage's stats of this model; ``known_primaries``: versions this run already measured."""
     from flows.lineage import lineage_tags
     from labse_core.evaluation import tatoeba as tat

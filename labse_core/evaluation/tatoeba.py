@@ -138,6 +138,11 @@ class GroupScore:
         return f"{self.group}-partial-{len(self.languages)}of{len(self.languages) + len(self.missing)}"
 
 
+def split_name(sample: int | None) -> str:
+    """``test`` for the whole set, ``sample300`` for the fixed sample of 300 pairs per language."""
+    return "test" if sample is None else f"sample{sample}"
+
+
 @dataclass
 class TatoebaResult:
     languages: list[LanguageScore]
@@ -148,7 +153,7 @@ class TatoebaResult:
     @property
     def split(self) -> str:
         """``eval_results``'s split: ``test`` for the whole set, ``sample300`` for the fixed sample."""
-        return "test" if self.sample is None else f"sample{self.sample}"
+        return split_name(self.sample)
 
     def group(self, name: str) -> GroupScore | None:
         return next((g for g in self.groups if g.group == name), None)
@@ -291,16 +296,22 @@ def gate_metrics(result: TatoebaResult) -> tuple[str, dict[str, float]]:
     decide, every other named group evaluated in full (``tatoeba_xtreme36``, ``tatoeba_xnli14``,
     ``tatoeba_major14``). On a fixed sample the names carry it (``tatoeba_all112_sample300``): a sample's
     figure is never recorded under the whole set's name."""
-    suffix = "" if result.sample is None else f"_{result.split}"
     whole = result.complete_group(ALL)
-    name = f"tatoeba_{ALL}{suffix}" if whole is not None else f"tatoeba_mean{suffix}"
     deciding = whole if whole is not None else result.group("evaluated")
     if deciding is None:
         raise ValueError("no Tatoeba language was evaluated")
+    name = gate_metric_name(whole is not None, result.sample)
     values = {name: deciding.acc}
-    values |= {f"tatoeba_{g.group}{suffix}": g.acc for g in result.groups
+    values |= {gate_metric_name(True, result.sample, g.group): g.acc for g in result.groups
                if g.complete and g.group in GROUPS and g.group != ALL}
     return name, values
+
+
+def gate_metric_name(complete: bool, sample: int | None, group: str = ALL) -> str:
+    """``gate_metrics``' name of a group's figure: ``tatoeba_<group>`` when ``complete`` (else the mean over
+    the languages evaluated, ``tatoeba_mean``), with the sample when there is one (``_sample300``)."""
+    split = "" if sample is None else f"_{split_name(sample)}"
+    return f"tatoeba_{group if complete else 'mean'}{split}"
 
 
 def result_rows(result: TatoebaResult) -> list[dict]:

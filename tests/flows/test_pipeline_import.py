@@ -118,3 +118,17 @@ def test_demo_preset_imports_e5_and_fine_tunes_it():
     assert demo.prepare.raw_languages is None and demo.finetune.balance_alpha < 1  # every language, balanced
     assert demo.evaluate.tatoeba_langs == "all" and demo.evaluate.tatoeba_sample == 300
     assert preset("scratch").import_encoder is None and preset("scratch").pretrain is not None
+
+
+def test_the_gate_names_its_metric_as_tatoeba_gate_metrics_does_whatever_the_spelling():
+    """labse-register measures both models itself: the name it expects must be the one gate_metrics gives,
+    with languages spelled as users spell them (de, zh) as well as by file code."""
+    from flows.tasks import _gate_name
+    from labse_core.readers.tatoeba import list_languages
+    from storage.layout import default_tatoeba_dir
+
+    data = default_tatoeba_dir()
+    codes = list_languages(data)
+    assert _gate_name(codes, data, 300) == PRIMARY.replace(f"sample{SAMPLE}", "sample300")
+    assert _gate_name([c for c in codes if c != "deu"] + ["de"], data, None) == "tatoeba_all112"
+    assert _gate_name(codes[1:], data, None) == "tatoeba_mean" and _gate_name(["de", "zh"], data, 5) == "tatoeba_mean_sample5"
