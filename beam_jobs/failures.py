@@ -24,6 +24,9 @@ from storage.layout import Layout
 _NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|errno 28", re.IGNORECASE)
 _PATH = re.compile(r"No space left on device: '([^']+)'")
 _LOST = ("Channel closed prematurely", "SDK worker exited", "Worker process exited", "Socket closed")
+# A worker stopped by Ctrl-C (the terminal signals the whole process group): its shell exits 130, or
+# the worker itself -2. That is the user interrupting the command, not a lost worker.
+_INTERRUPTED = re.compile(r"return code (130|-2)\b")
 
 
 class WorkerLost(ChildProcessError):
@@ -99,6 +102,8 @@ def _watch_workers(stage: str) -> Iterator[dict]:
         if state["active"]:
             state["active"] = False
             _kill_workers()
+            if _INTERRUPTED.search(state["lost"]):
+                raise KeyboardInterrupt
             raise WorkerLost(f"{stage}: a Beam worker process died ({state['lost']}: killed, or out of memory); "
                              "nothing published, the previous version is intact")
 
@@ -157,6 +162,8 @@ def stage_failures(stage: str, layout: Layout) -> Iterator[None]:
                 raise _disk_full(stage, layout, text) from e
             if any(s in text for s in _LOST):
                 _kill_workers()
+                if _INTERRUPTED.search(text) or _INTERRUPTED.search(watch["lost"] or ""):
+                    raise KeyboardInterrupt from e
                 raise WorkerLost(f"{stage}: a Beam worker process died (killed, or out of memory); nothing "
                                  "published, the previous version is intact") from e
             raise
