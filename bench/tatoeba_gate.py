@@ -72,27 +72,27 @@ def evaluate(folder: Path, precision: str, sample: int | None, data: Path) -> di
     t0 = time.perf_counter()
     result = tat.evaluate_tatoeba(embed, data, sample=sample)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "groups": {g.label: 100 * g.acc for g in result.groups if g.group in tat.GROUPS},
+    return {"seconds": seconds, "precision": embed.precision, "groups": {g.label: 100 * g.acc for g in result.groups if g.group in tat.GROUPS},
             "languages": {s.code: 100 * s.acc for s in result.languages}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from flows.env import bootstrap
-    from flows.evaluate import resolve, resolved_precision
+    from flows.evaluate import resolve
     from storage.layout import Layout, default_tatoeba_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, metavar="NAME=MODEL",
                    help="A model folder or models:/NAME@ALIAS, named (repeatable; later ones compared with the first).")
     p.add_argument("--sample", type=int, default=300, help="Pairs per language of the gate's fixed sample.")
-    p.add_argument("--precision", default="auto", help="fp32, bf16 or auto (as labse evaluate tatoeba).")
+    p.add_argument("--precision", default="auto", help="fp32, bf16, int8 or auto (as labse evaluate tatoeba).")
     p.add_argument("--data", type=Path, default=None, help="Tatoeba v1 folder (default: the shared one).")
     p.add_argument("--out", type=Path, default=RESULTS / "tatoeba_gate.json")
     a = p.parse_args(argv)
     bootstrap()
     layout = Layout.from_env()
     data = a.data or default_tatoeba_dir()
-    precision = resolved_precision(a.precision)
+    precision = a.precision
     models: dict[str, Any] = {}
     for spec in a.model:
         name, sep, uri = spec.partition("=")
@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for m in models.values():
         m["agreement"] = agreement(m["full"]["languages"], m["sample"]["languages"])
     names = list(models)
+    precision = models[names[0]]["full"]["precision"]  # what ran ("auto" resolved)
     compared = {n: gains(models[names[0]], models[n]) for n in names[1:]}
     out = write_result(Result(
         name="tatoeba_gate", command=command_line(),

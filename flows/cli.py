@@ -40,7 +40,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from flows.cli_console import console
+from flows.cli_console import PRECISION_HELP, console
 from flows.cli_console import status as _console_status
 from flows.cli_errors import fail as _fail
 from flows.cli_errors import one_line as _one_line
@@ -586,22 +586,27 @@ def embed(
     input: Annotated[str, typer.Option(help="Text file, one sentence per line; '-' reads stdin.")] = "-",
     batch_size: Annotated[int, typer.Option(help="Sentences per batch (length-sorted).")] = 64,
     max_length: Annotated[int | None, typer.Option(help="Tokens per sentence (default: the model's limit).")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Embed sentences with an exported model (stdin or a file -> .npy / .parquet)."""
-    from labse_core.embed import embed_file
+    from labse_core.embed import embed_file, load_for_inference
+    from labse_core.model.precision import PrecisionError
 
     if not (model / "labse_export.json").exists():
         _fail(f"{model} is not an exported model folder (no labse_export.json)")
     if input != "-" and not Path(input).is_file():
         _fail(f"input file {input} does not exist")
     try:
-        out = embed_file(input, output, str(model), batch_size=batch_size, max_length=max_length,
+        loaded = load_for_inference(model, precision)
+        out = embed_file(input, output, loaded, batch_size=batch_size, max_length=max_length,
                          progress=sys.stderr.isatty())
+    except PrecisionError as e:
+        _fail(str(e))
     except UnicodeDecodeError as e:
         _fail(_first_bad_utf8_line(input) or f"{'stdin' if input == '-' else input}: not UTF-8 text ({e.reason})")
     except (ValueError, OSError) as e:
         _fail(str(e))
-    console.print(f"wrote {out}", highlight=False)
+    console.print(f"wrote {out} (precision {loaded.precision})", highlight=False)
 
 
 def _first_bad_utf8_line(path: str) -> str | None:

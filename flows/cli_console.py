@@ -20,3 +20,8 @@ console = Console() if INTERACTIVE else Console(soft_wrap=True, width=100_000, c
 def status(text: str):
     """A spinner on a terminal; nothing in a log (rich would print nothing useful there anyway)."""
     return console.status(text, spinner="dots") if INTERACTIVE else contextlib.nullcontext()
+
+
+PRECISION_HELP = ("Encoder precision: fp32, bf16, int8 (CPU; `labse quantize MODEL` writes its files) or auto "
+                  "(bf16 where the CPU/GPU multiplies bf16, else int8 when the folder has it, else fp32); the one "
+                  "used is printed and recorded.")

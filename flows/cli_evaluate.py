@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_console import console, status
+from flows.cli_console import PRECISION_HELP, console, status
 from flows.cli_errors import fail as _fail
 from labse_core.logfmt import num
 
@@ -71,8 +71,7 @@ def tatoeba(
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
     sample: Annotated[int | None, typer.Option(help="Only the fixed sample of this many pairs per language (the "
                                                     "registry gate's: 300; ~2 min for all 112 on 2 cores).")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, bf16, or auto: bf16 where the hardware multiplies bf16 "
-                                                "(AMX / AVX512-BF16 CPUs), else fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Tatoeba retrieval accuracy in both directions per language and per group (XTREME-36, all 112, trained);
     a group not fully evaluated is shown with its count, e.g. all112 (14/112)."""
@@ -114,6 +113,7 @@ def bucc(
     held_out_fraction: Annotated[float, typer.Option(help="Fine-tuning held-out fraction (only those pairs are used).")] = 0.05,
     k: Annotated[int, typer.Option(help="Neighbours for the margin.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """BUCC-style mining F1 (threshold tuned on dev, applied to test) and xSIM, on held-out corpus pairs."""
     from flows.evaluate import BuccEvalConfig, run_bucc
@@ -123,7 +123,7 @@ def bucc(
     with _one_line_errors(ValueError, OSError):
         cfg = BuccEvalConfig(model=model, langs=split_langs(langs), gold=gold, distractors=distractors,
                              held_out_fraction=held_out_fraction, mine=MineConfig(mode="max", index="flat", k=k),
-                             batch_size=batch_size)
+                             batch_size=batch_size, precision=precision)
         with status("building the sets, embedding and mining ..."):
             report = run_bucc(cfg)
     t = Table(title=f"BUCC-style mining, held-out pairs: {report.model.uri}", title_justify="left")
@@ -133,7 +133,8 @@ def bucc(
         t.add_row(r.lang, f"{r.test.f1:.4f}", f"{r.test.precision:.4f}", f"{r.test.recall:.4f}",
                   f"{r.dev.threshold:.4f}", f"{r.xsim_xx_en:.4f}", f"{r.xsim_en_xx:.4f}")
     console.print(t)
-    console.print(f"mean F1 {report.metrics['bucc/f1']:.4f}, xSIM error {report.metrics['xsim/error']:.4f}")
+    console.print(f"mean F1 {report.metrics['bucc/f1']:.4f}, xSIM error {report.metrics['xsim/error']:.4f} "
+                  f"(precision {report.summary['precision']})")
     for lang, why in report.summary["skipped"].items():
         console.print(f"[yellow]skipped {lang}:[/] {why}", highlight=False)
     console.print(f"eval_results: {report.rows} rows appended (run {report.run_id}); summary {report.summary_path}")
@@ -159,7 +160,7 @@ def docs(
                                                      "(the zero-shot import).")] = None,
     tolerance: Annotated[float, typer.Option(help="Retrieval check: the most a language may lose.")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
-    precision: Annotated[str, typer.Option(help="fp32, bf16, or auto.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Mining P/R/F1 (the default calibrated threshold, the gettext-tuned one, the oracle) and retrieval accuracy
     (against a baseline) on bitext built from translated man pages: real documents, not gettext."""
@@ -239,6 +240,7 @@ def mine(
     shard_dtype: Annotated[str, typer.Option(help="float32 or float16 for the spilled embeddings.")] = "float32",
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Skip the data pipeline's filters and dedupe.")] = False,
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     keep_embeddings: Annotated[bool, typer.Option("--keep-embeddings", help="Keep the .npy shards under the run folder.")] = False,
 ) -> None:
     """Mine bitext from two monolingual inputs with the margin criterion (pairs -> dataset `mined`)."""
@@ -253,11 +255,12 @@ def mine(
                           filter=not no_filter)
         cfg = MineRunConfig(src=src, tgt=tgt, src_lang=src_lang, tgt_lang=tgt_lang, model=model, src_text=src_text,
                             tgt_text=tgt_text, column=column, mine=mcfg, threshold_from=threshold_from,
-                            batch_size=batch_size, keep_embeddings=keep_embeddings)
+                            batch_size=batch_size, precision=precision, keep_embeddings=keep_embeddings)
         with status("embedding and mining ..."):
             report = run_mine(cfg)
     s = report.summary
-    console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index): "
+    console.print(f"{s['src_sentences']:,} x {s['tgt_sentences']:,} sentences ({s['index']} index, precision "
+                  f"{s['precision'] or 'of the precomputed embeddings'}): "
                   f"{s['candidates']:,} pairs scored >= {num(s['threshold'])}, {s['kept']:,} kept after the filters "
                   f"(dropped: {s['dropped'] or 'none'})")
     reused = sum(c.get("reused", 0) for c in s["embedding_chunks"].values())

@@ -7,6 +7,12 @@
 The folder is an exported model: ``labse embed --model DIR``, ``labse evaluate tatoeba --model DIR``,
 ``labse finetune --set init_from=DIR`` take it.
 
+    labse quantize MODEL [--default]
+
+``quantize``: the folder's int8 model (``MODEL/int8/``, CTranslate2, ``labse_core.model.int8``) for
+``--precision int8`` on every command that encodes; ``--default`` makes int8 the folder's precision
+under ``auto`` (its ``labse_export.json`` setting ``inference_precision``).
+
 Registered in ``flows/cli.py`` by ``cli_models.register(app)``.
 """
 
@@ -27,8 +33,38 @@ class Source(StrEnum):
 
 
 def register(app: typer.Typer) -> None:
-    """Add `import-encoder` to the `labse` app."""
+    """Add `import-encoder` and `quantize` to the `labse` app."""
     app.command("import-encoder")(import_encoder)
+    app.command("quantize")(quantize)
+
+
+def quantize(
+    model: Annotated[str, typer.Argument(help="Exported model folder or models:/NAME@ALIAS (its local copy).")],
+    default: Annotated[bool, typer.Option("--default", help="Make int8 what --precision auto runs for this folder.")] = False,
+    force: Annotated[bool, typer.Option(help="Rewrite the int8 files even if they are current.")] = False,
+) -> None:
+    """Write a model folder's int8 files (CPU inference: --precision int8)."""
+    from flows.evaluate import resolve
+    from labse_core.export import set_inference_precision
+    from labse_core.model.int8 import has_int8, write_int8
+    from labse_core.model.precision import PrecisionError
+    from storage.layout import Layout
+
+    try:
+        folder = resolve(model, Layout.from_env()).folder if model.startswith("models:/") else Path(model)
+        if not (folder / "labse_export.json").exists():
+            _fail(f"{folder} is not an exported model folder (no labse_export.json)")
+        fresh = not has_int8(folder) or force
+        with status(f"writing int8 weights into {folder} ..."):
+            out = write_int8(folder, force=force)
+        if default:
+            set_inference_precision(folder, "int8")
+    except (PrecisionError, OSError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"{'wrote' if fresh else 'up to date:'} {out}" + (" (the folder's default precision is now int8)"
+                                                                     if default else ""), highlight=False)
+    console.print(f"  labse embed --model {folder} --precision int8 --input sentences.txt --output emb.npy",
+                  highlight=False)
 
 
 def import_encoder(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -76,22 +75,29 @@ class EvalReport:
     """The evaluator's own result object."""
 
 
-def embedder(folder: Path, batch_size: int = 64, precision: str = "fp32") -> Callable[[list[str]], np.ndarray]:
-    """Sentences -> unit embeddings through ``labse_core.embed`` (which applies the folder's pooling and
-    input prefix), the model loaded once; ``precision`` already resolved (``resolved_precision``)."""
-    from labse_core.embed import encode, resolve_model
+@dataclass
+class Embedder:
+    """Sentences -> unit embeddings through ``labse_core.embed`` (the folder's pooling and input prefix),
+    the model loaded once for one precision; ``precision`` is what runs (``auto`` resolved), recorded
+    with every result."""
 
-    model = resolve_model(str(folder))
-    return lambda texts: encode(texts, model, batch_size=batch_size, progress=False, precision=precision)
+    model: Any
+    batch_size: int
+    precision: str
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        from labse_core.embed import encode
+
+        return encode(texts, self.model, batch_size=self.batch_size, progress=False)
 
 
-def resolved_precision(precision: str) -> str:
-    """What ``auto`` (or an explicit precision) means on this machine's encoding device; raises
-    ``PrecisionError`` (one line) for a precision it cannot run."""
-    from labse_core.embed import _pick_device
-    from labse_core.model.precision import resolve_precision
+def embedder(folder: Path, batch_size: int = 64, precision: str = "fp32") -> Embedder:
+    """An ``Embedder`` for ``folder`` in ``precision`` (fp32, bf16, int8 or auto); raises
+    ``PrecisionError`` (one line) for a precision this machine or folder cannot run."""
+    from labse_core.embed import load_for_inference
 
-    return resolve_precision(precision, _pick_device(None))
+    model = load_for_inference(folder, precision)
+    return Embedder(model, batch_size, model.precision)
 
 
 def resolve(model: str, layout: Layout) -> ModelSource:
@@ -151,8 +157,8 @@ def run_tatoeba(cfg: TatoebaEvalConfig, layout: Layout | None = None) -> EvalRep
     layout = (layout or Layout.from_env()).ensure()
     source = resolve(cfg.model, layout)
     trained, trained_from = (cfg.trained_langs, "given") if cfg.trained_langs else trained_languages(source.folder, layout)
-    precision = resolved_precision(cfg.precision)
-    embed = embedder(source.folder, cfg.batch_size, precision)
+    embed = embedder(source.folder, cfg.batch_size, cfg.precision)
+    precision = embed.precision
     with _start_run("evaluate-tatoeba", cfg.parent_run_id) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"stage": "evaluate", "eval_set": tat.EVAL_SET, "model_uri": source.uri,
@@ -163,7 +169,7 @@ def run_tatoeba(cfg: TatoebaEvalConfig, layout: Layout | None = None) -> EvalRep
         result = tat.evaluate_tatoeba(embed, cfg.data, cfg.langs, trained, cfg.sample)
         rows = tat.result_rows(result)
         publish_rows(layout, tat.EVAL_SET, rows, run_id=run_id, model_uri=source.uri, model_version=source.version,
-                     producer={"model_folder": str(source.folder)})
+                     producer={"model_folder": str(source.folder)}, precision=precision)
         # A partial group under its own name (tatoeba/all112-partial-14of112), never as tatoeba/all112.
         prefix = "tatoeba" if cfg.sample is None else f"tatoeba-{result.split}"
         metrics = {f"{prefix}/{g.metric_key}": g.acc for g in result.groups}
@@ -218,6 +224,8 @@ class MineRunConfig(BaseModel):
         "calibration", description="Without mine.threshold: calibrate it from the run's own margins (mine.calibration), "
         "or use the model's threshold tuned by `labse evaluate bucc` on gettext pairs (calibrated when it has none).")
     batch_size: int = Field(64, ge=1, description="Sentences per encoder batch.")
+    precision: str = Field("auto", description="Encoder precision: fp32, bf16, int8 or auto (labse_core.model."
+                                               "precision); the one used is recorded with the pairs.")
     keep_embeddings: bool = Field(False, description="Keep the spilled embedding shards under the run folder.")
     parent_run_id: str | None = Field(None, description="MLflow parent run (the pipeline's).")
     prefect_artifacts: bool = Field(False, description="Publish Prefect artifacts (inside a flow run).")
@@ -235,7 +243,8 @@ class MineReport:
 
 
 def mined_table(rows, *, src_lang: str, tgt_lang: str, mode: str, src_origin: str, tgt_origin: str,
-                model_uri: str, model_version: str | None, run_id: str, created_at: dt.datetime):
+                model_uri: str, model_version: str | None, run_id: str, created_at: dt.datetime,
+                precision: str | None = None):
     """``MinedRow``s in the ``mined`` file schema (the language pair is the partition)."""
     import pyarrow as pa
 
@@ -255,6 +264,7 @@ def mined_table(rows, *, src_lang: str, tgt_lang: str, mode: str, src_origin: st
         "tgt_origin": pa.array([tgt_origin] * n, pa.string()),
         "model_uri": pa.array([model_uri] * n, pa.string()),
         "model_version": pa.array([model_version] * n, pa.string()),
+        "precision": pa.array([precision] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
         "created_at": pa.array([created_at] * n, pa.timestamp("us", tz="UTC")),
     }, schema=MINED.file_schema)
@@ -316,17 +326,20 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         raise ValueError("--model is needed: an input has sentences without precomputed embeddings")
     tracking.configure(layout)
     cfg, tuned = _bucc_tuned(cfg, layout, source, src_lang, tgt_lang)
-    embed = embedder(source.folder, cfg.batch_size) if source else None
+    embed = embedder(source.folder, cfg.batch_size, cfg.precision) if source else None
+    precision = embed.precision if embed else None  # None: both sides precomputed
     model_uri = source.uri if source else "precomputed"
     settings = cfg.model_dump(mode="json", exclude={"keep_embeddings", "parent_run_id", "prefect_artifacts"})
+    # What ran, not what was asked ("auto"): a resumed run never mixes embeddings of two precisions.
+    settings["precision"] = precision
     work = MiningWork.open(layout, work_key(src, tgt, source.folder if source else None,
                                             settings | {"src_lang": src_lang, "tgt_lang": tgt_lang}))
     with _start_run("mine", cfg.parent_run_id, work.run_id) as run:
         run_id = run.info.run_id
         work.record_run(run_id)
         mlflow.set_tags({"stage": "mine", "model_uri": model_uri, "model_version": str(source.version if source else None),
-                         "pair": f"{src_lang}-{tgt_lang}"})
-        mlflow.log_params({"src": cfg.src, "tgt": cfg.tgt, "threshold_from": cfg.threshold_from,
+                         "pair": f"{src_lang}-{tgt_lang}", "precision": str(precision)})
+        mlflow.log_params({"src": cfg.src, "tgt": cfg.tgt, "threshold_from": cfg.threshold_from, "precision": str(precision),
                            **{k: str(v) for k, v in cfg.mine.model_dump().items() if k != "rules"}})
         try:
             result = mine_inputs(src, tgt, src_lang, tgt_lang, embed, work.path, cfg.mine)
@@ -338,12 +351,12 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
         created = dt.datetime.now(dt.UTC)
         table = mined_table(result.rows, src_lang=src_lang, tgt_lang=tgt_lang, mode=cfg.mine.mode, src_origin=cfg.src,
                             tgt_origin=cfg.tgt, model_uri=model_uri, model_version=source.version if source else None,
-                            run_id=run_id, created_at=created)
+                            run_id=run_id, created_at=created, precision=precision)
         stats = {"src_sentences": result.src_total, "tgt_sentences": result.tgt_total,
                  "src_distinct": result.src_distinct, "tgt_distinct": result.tgt_distinct,
                  "candidates": len(result.pairs), "kept": len(result.rows), "index": result.index_kind,
                  **choice.as_record(), "threshold_source": describe_threshold(choice),
-                 "dropped": dict(result.dropped), "embedding_chunks": result.chunks}
+                 "dropped": dict(result.dropped), "embedding_chunks": result.chunks, "precision": precision}
         if not run_files_published(layout, MINED, run_id):  # else an interrupted attempt of this run appended them
             append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
                           producer={"stage": "mine", "run_id": run_id, "model_uri": model_uri}, stats=stats)
@@ -388,6 +401,7 @@ class BuccEvalConfig(BaseModel):
                              description="Miner settings (threshold ignored: tuned on dev).")
     seed: int = Field(0, description="Order of the pairs (which become gold, which distractors).")
     batch_size: int = Field(64, ge=1, description="Sentences per encoder batch.")
+    precision: str = Field("auto", description="Encoder precision: fp32, bf16, int8 or auto; the one used is recorded.")
     parent_run_id: str | None = Field(None, description="MLflow parent run (the pipeline's).")
     prefect_artifacts: bool = Field(False, description="Publish Prefect artifacts (inside a flow run).")
 
@@ -403,7 +417,7 @@ def run_bucc(cfg: BuccEvalConfig, layout: Layout | None = None) -> EvalReport:
         raise ValueError(f"no clean corpus at {clean}: run `labse prepare` (or `labse demo`) first")
     langs = cfg.langs or sorted(p.name.split("=", 1)[1] for p in clean.glob("lang=*"))
     source = resolve(cfg.model, layout)
-    embed = embedder(source.folder, cfg.batch_size)
+    embed = embedder(source.folder, cfg.batch_size, cfg.precision)
     results, skipped = [], {}
     for lang in langs:
         pairs = bucc.held_out_pairs(clean, lang, cfg.held_out_fraction)
@@ -418,13 +432,13 @@ def run_bucc(cfg: BuccEvalConfig, layout: Layout | None = None) -> EvalReport:
     with _start_run("evaluate-bucc", cfg.parent_run_id) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"stage": "evaluate", "eval_set": bucc.EVAL_SET, "model_uri": source.uri,
-                         "model_version": str(source.version)})
+                         "model_version": str(source.version), "precision": embed.precision})
         mlflow.log_params({"langs": ",".join(r.lang for r in results), "gold": cfg.gold, "distractors": cfg.distractors,
                            "held_out_fraction": cfg.held_out_fraction, "k": cfg.mine.k, "mode": cfg.mine.mode,
-                           "margin": cfg.mine.margin})
+                           "margin": cfg.mine.margin, "precision": embed.precision})
         rows = bucc.result_rows(results)
         publish_rows(layout, bucc.EVAL_SET, rows, run_id=run_id, model_uri=source.uri, model_version=source.version,
-                     producer={"model_folder": str(source.folder)})
+                     producer={"model_folder": str(source.folder)}, precision=embed.precision)
         f1 = float(np.mean([r.test.f1 for r in results]))
         xsim = float(np.mean([(r.xsim_xx_en + r.xsim_en_xx) / 2 for r in results]))
         metrics = {"bucc/f1": f1, "bucc/precision": float(np.mean([r.test.precision for r in results])),
@@ -432,7 +446,7 @@ def run_bucc(cfg: BuccEvalConfig, layout: Layout | None = None) -> EvalReport:
         metrics |= {f"bucc/f1/{r.lang}": r.test.f1 for r in results}
         mlflow.log_metrics(metrics)
         summary = {"eval_set": bucc.EVAL_SET, "run_id": run_id, "model_uri": source.uri, "model_version": source.version,
-                   "metrics": metrics, "skipped": skipped, "languages": {
+                   "precision": embed.precision, "metrics": metrics, "skipped": skipped, "languages": {
                        r.lang: {"dev": vars(r.dev), "test": vars(r.test), "test_oracle": vars(r.test_oracle),
                                 "xsim_xx_en": r.xsim_xx_en, "xsim_en_xx": r.xsim_en_xx, "sizes": r.sizes}
                        for r in results}}

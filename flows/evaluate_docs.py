@@ -68,7 +68,7 @@ class DocsEvalConfig(BaseModel):
     tolerance: float = Field(0.01, ge=0, description="Retrieval check: the most a language may lose against the baseline.")
     seed: int = Field(0, description="Order of the pairs (which become gold, which distractors).")
     batch_size: int = Field(64, ge=1, description="Sentences per encoder batch.")
-    precision: str = Field("auto", description="fp32, bf16, or auto (bf16 where the CPU/GPU multiplies bf16).")
+    precision: str = Field("auto", description="fp32, bf16, int8 or auto (labse_core.model.precision).")
     parent_run_id: str | None = Field(None, description="MLflow parent run (the pipeline's).")
     prefect_artifacts: bool = Field(False, description="Publish Prefect artifacts (inside a flow run).")
 
@@ -101,19 +101,16 @@ def run_docs(cfg: DocsEvalConfig, layout: Layout | None = None) -> EvalReport:
     """Build the sets, evaluate ``cfg.model`` on them and record it (module docstring). ``DocsError`` when
     there is nothing to evaluate (no man root, a language without man pages, no language with enough
     pairs)."""
-    from labse_core.embed import _pick_device, encode, resolve_model
+    from flows.evaluate import embedder
     from labse_core.evaluation.tatoeba import score_languages
-    from labse_core.model.precision import resolve_precision
 
     layout = (layout or Layout.from_env()).ensure()
     lang_dirs = resolve_langs(cfg.man_root, cfg.langs)
     source = resolve(cfg.model, layout)
     base_source = resolve(cfg.baseline, layout) if cfg.baseline is not None else None  # a bad one fails before any work
-    precision = resolve_precision(cfg.precision, _pick_device(None))
-    model = resolve_model(str(source.folder))
-
-    embed = docs.MemoEmbed(lambda texts: encode(texts, model, batch_size=cfg.batch_size, progress=False,
-                                                precision=precision))
+    model = embedder(source.folder, cfg.batch_size, cfg.precision)
+    precision = model.precision
+    embed = docs.MemoEmbed(model)
 
     codes = docs.language_codes(lang_dirs)
     extracted = {d: docs.extract_pairs(cfg.man_root, d, cfg.min_words) for d in lang_dirs}
@@ -150,9 +147,7 @@ def run_docs(cfg: DocsEvalConfig, layout: Layout | None = None) -> EvalReport:
         raise docs.DocsError(f"no language gave a set: {skipped or 'no gold pairs'}")
     base_scores, check = [], None
     if base_source is not None and scores:
-        base_model = resolve_model(str(base_source.folder))
-        base_scores = score_languages(docs.MemoEmbed(lambda texts: encode(
-            texts, base_model, batch_size=cfg.batch_size, progress=False, precision=precision)), retrieval)
+        base_scores = score_languages(docs.MemoEmbed(embedder(base_source.folder, cfg.batch_size, precision)), retrieval)
         check = docs.no_loss({s.code: s.acc for s in scores}, {s.code: s.acc for s in base_scores}, cfg.tolerance)
     with _start_run("evaluate-docs", cfg.parent_run_id) as run:
         run_id = run.info.run_id
@@ -168,7 +163,7 @@ def run_docs(cfg: DocsEvalConfig, layout: Layout | None = None) -> EvalReport:
         if mining:
             mrows = docs.result_rows(mining)
             publish_rows(layout, docs.EVAL_SET, mrows, run_id=run_id, model_uri=source.uri,
-                         model_version=source.version, producer={"model_folder": str(source.folder)})
+                         model_version=source.version, producer={"model_folder": str(source.folder)}, precision=precision)
             rows += len(mrows)
             for r in (x for x in mrows if x["scope"] == "group"):
                 metrics["docs/" + r["metric"].replace("_", "/")] = r["value"]
@@ -177,7 +172,7 @@ def run_docs(cfg: DocsEvalConfig, layout: Layout | None = None) -> EvalReport:
         if scores:
             rrows = docs.retrieval_rows(scores)
             publish_rows(layout, docs.RETRIEVAL_SET, rrows, run_id=run_id, model_uri=source.uri,
-                         model_version=source.version, producer={"model_folder": str(source.folder)})
+                         model_version=source.version, producer={"model_folder": str(source.folder)}, precision=precision)
             rows += len(rrows)
             group = docs.retrieval_group(scores)
             metrics |= {"docs/retrieval": group.acc, "docs/retrieval/xx-en": group.acc_xx_en,

@@ -542,6 +542,35 @@ def read_export_metadata(model_dir: str | os.PathLike[str]) -> dict[str, Any] | 
     return meta
 
 
+INFERENCE_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def set_inference_precision(model_dir: str | os.PathLike[str], precision: str | None) -> None:
+    """Record the precision ``--precision auto`` runs for this folder (``inference_precision`` in
+    labse_export.json; None removes it, so the hardware decides: ``labse_core.model.precision``)."""
+    if precision is not None and precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"inference_precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
+    path = Path(model_dir) / METADATA_FILENAME
+    meta = read_export_metadata(model_dir)
+    if meta is None:
+        raise ValueError(f"{model_dir} is not an exported model folder (no {METADATA_FILENAME})")
+    meta.pop("inference_precision", None)
+    if precision is not None:
+        meta["inference_precision"] = precision
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def inference_precision(model_dir: str | os.PathLike[str]) -> str | None:
+    """The folder's own precision for ``auto`` (``set_inference_precision``), or None."""
+    value = (read_export_metadata(model_dir) or {}).get("inference_precision")
+    if value is not None and value not in INFERENCE_PRECISIONS:
+        raise ValueError(f"{Path(model_dir) / METADATA_FILENAME}: inference_precision {value!r}: expected one of "
+                         f"{', '.join(INFERENCE_PRECISIONS)}")
+    return value
+
+
 def load_encoder(model_dir: str | os.PathLike[str]) -> tuple[LabseEncoder, Any]:
     """(LabseEncoder in eval mode, HF tokenizer) from an exported folder; never touches the network.
 

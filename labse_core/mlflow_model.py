@@ -71,6 +71,7 @@ _REQUIREMENTS = (
     "pandas",
     "pyarrow",
     "tqdm",
+    "ctranslate2",  # --precision int8 / LABSE_PRECISION=int8 (labse_core.model.int8)
 )
 
 
@@ -368,7 +369,7 @@ def register_and_promote(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from labse_core.embed import encode, resolve_model
+    from labse_core.embed import encode, load_for_inference
 
     if not eval_pairs:
         raise ValueError("register_and_promote needs held-out pairs to compare models on")
@@ -390,13 +391,12 @@ def register_and_promote(
         # The holder's own folder through labse_core.embed (its pooling, prefix and tokenizer).
         cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="labse-gate-"))
         src = resolve_model_source(f"models:/{name}/{holder.version}", cache)
-        champ = resolve_model(str(src.folder))
+        # Loaded as the evaluate stage loads a folder (labse_core.embed.load_for_inference): the same arithmetic
+        champ = load_for_inference(src.folder, precision)
         known = (known_primaries or {}).get(str(holder.version))
-        champion_scores, champion_acc, champion_columns = scores(
-            lambda xs: encode(xs, champ, progress=False, precision=precision), known)
-    model = resolve_model(str(model_dir))
-    new_scores, acc, columns = scores(lambda xs: encode(xs, model, progress=False, precision=precision),
-                                      candidate_primary)
+        champion_scores, champion_acc, champion_columns = scores(lambda xs: encode(xs, champ, progress=False), known)
+    model = load_for_inference(model_dir, precision)
+    new_scores, acc, columns = scores(lambda xs: encode(xs, model, progress=False), candidate_primary)
     promoted, reason = gate_decision(new_scores, champion_scores)
     # Publication order, so that a crash of this process or of the MLflow server at any point leaves
     # nothing half-written in the registry:

@@ -9,10 +9,15 @@ and must end with ``mlflow.models.set_model(...)``.
     predict(["Hello world", "Hallo Welt"])               -> float32 (2, D), unit rows
     predict(pd.DataFrame({"text": [...]}))               -> same
     predict(..., params={"batch_size": 256})             -> same, other batching
+
+Precision: ``auto`` (``labse_core.embed.load_for_inference``), or ``LABSE_PRECISION`` (fp32, bf16, int8)
+in the serving process's environment; ``precision`` on the loaded model says which runs.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import mlflow
@@ -48,10 +53,15 @@ class LabseEmbedder(mlflow.pyfunc.PythonModel):
     """pyfunc: sentences in, unit-length float32 embeddings (N, D) out."""
 
     def load_context(self, context) -> None:
-        from labse_core.export import load_encoder, read_export_metadata
+        from labse_core.embed import load_for_inference
+        from labse_core.export import read_export_metadata
 
         model_dir = context.artifacts[ARTIFACT_KEY]
-        self.encoder, self.tokenizer = load_encoder(model_dir)
+        # auto: the folder's own setting, else bf16 where the hardware multiplies bf16, else int8 when the
+        # folder has its int8 files, else fp32 (labse_core.model.precision); LABSE_PRECISION overrides it.
+        self.model = load_for_inference(model_dir, os.environ.get("LABSE_PRECISION", "auto"))
+        self.precision = self.model.precision
+        logging.getLogger(__name__).info("labse pyfunc: encoding in %s", self.precision)
         meta = read_export_metadata(model_dir) or {}
         self.max_length = meta.get("max_seq_length")  # None: encode() uses the tokenizer's limit
 
@@ -64,7 +74,7 @@ class LabseEmbedder(mlflow.pyfunc.PythonModel):
         max_length = params.get("max_length", self.max_length)
         return encode(
             sentences_of(model_input),
-            (self.encoder, self.tokenizer),
+            self.model,
             batch_size=int(params.get("batch_size", DEFAULT_BATCH_SIZE)),
             max_length=int(max_length) if max_length is not None else None,
             progress=False,

@@ -108,7 +108,9 @@ def _view_sql(layout: Layout, spec: DatasetSpec, manifest: Manifest) -> str:
     root = layout.dataset_dir(spec.relpath)
     files = ", ".join(_quote(str(root / f.path)) for f in manifest.files)
     hive = "true" if spec.partition_by else "false"
-    return f"CREATE OR REPLACE VIEW {spec.name} AS SELECT * FROM read_parquet([{files}], hive_partitioning={hive})"
+    # union_by_name: files written before a nullable column was added (eval_results.precision) read as null there
+    return (f"CREATE OR REPLACE VIEW {spec.name} AS SELECT * FROM read_parquet([{files}], hive_partitioning={hive}, "
+            "union_by_name=true)")
 
 
 def refresh(layout: Layout) -> list[str]:

@@ -222,6 +222,8 @@ EVAL_RESULTS = DatasetSpec(
             pa.field("created_at", _UTC_TIME, nullable=False),
             pa.field("model_uri", pa.string(), nullable=False),  # models:/labse@champion, models:/labse/3 or a folder
             pa.field("model_version", pa.string(), nullable=True),  # registry version; null for a plain folder
+            # encoder precision the scores were measured in (fp32, bf16, int8); null in rows written before it was recorded
+            pa.field("precision", pa.string(), nullable=True),
             pa.field("split", pa.string(), nullable=False),  # test, dev, ...
             pa.field("scope", pa.string(), nullable=False),  # language | group | set
             pa.field("language", pa.string(), nullable=False),  # code, group name, or '*' for scope 'set'
@@ -258,6 +260,8 @@ MINED = DatasetSpec(
             pa.field("tgt_origin", pa.string(), nullable=True),
             pa.field("model_uri", pa.string(), nullable=False),
             pa.field("model_version", pa.string(), nullable=True),
+            # encoder precision of the embeddings (fp32, bf16, int8); null for precomputed ones and older rows
+            pa.field("precision", pa.string(), nullable=True),
             pa.field("run_id", pa.string(), nullable=False),
             pa.field("created_at", _UTC_TIME, nullable=False),
         ]

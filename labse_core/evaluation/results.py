@@ -27,7 +27,8 @@ ROW_KEYS = ("split", "scope", "language", "direction", "metric", "value", "n")
 
 
 def results_table(
-    rows: Sequence[dict], *, run_id: str, model_uri: str, model_version: str | None, created_at: dt.datetime
+    rows: Sequence[dict], *, run_id: str, model_uri: str, model_version: str | None, created_at: dt.datetime,
+    precision: str | None = None,
 ) -> pa.Table:
     """The rows of one evaluation run in ``eval_results``' file schema (``eval_set`` is the partition)."""
     for i, r in enumerate(rows):
@@ -39,6 +40,7 @@ def results_table(
         "created_at": pa.array([created_at] * n, pa.timestamp("us", tz="UTC")),
         "model_uri": pa.array([model_uri] * n, pa.string()),
         "model_version": pa.array([model_version] * n, pa.string()),
+        "precision": pa.array([precision] * n, pa.string()),
         "split": pa.array([r["split"] for r in rows], pa.string()),
         "scope": pa.array([r["scope"] for r in rows], pa.string()),
         "language": pa.array([r["language"] for r in rows], pa.string()),
@@ -60,10 +62,13 @@ def publish_rows(
     model_version: str | None,
     producer: dict | None = None,
     created_at: dt.datetime | None = None,
+    precision: str | None = None,
 ) -> Manifest:
-    """Append one run's rows to ``eval_results`` (partition ``eval_set``); returns the new manifest."""
+    """Append one run's rows to ``eval_results`` (partition ``eval_set``); returns the new manifest.
+    ``precision``: the encoder precision the scores were measured in (fp32, bf16, int8)."""
     created_at = created_at or dt.datetime.now(dt.UTC)
-    table = results_table(rows, run_id=run_id, model_uri=model_uri, model_version=model_version, created_at=created_at)
+    table = results_table(rows, run_id=run_id, model_uri=model_uri, model_version=model_version, created_at=created_at,
+                          precision=precision)
     return append_tables(
         layout, EVAL_RESULTS, [({"eval_set": eval_set}, table)], run_id,
         producer={"stage": "evaluate", "eval_set": eval_set, "run_id": run_id, **(producer or {})},

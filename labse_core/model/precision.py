@@ -1,10 +1,13 @@
-"""Inference precision: ``fp32`` (exact) or ``bf16`` (bfloat16 matrix multiplies under ``torch.autocast``).
+"""Inference precision: ``fp32`` (exact), ``bf16`` (bfloat16 weights and matrix multiplies) or ``int8``
+(int8 weights and activations, CPU only, through CTranslate2: ``labse_core.model.int8``).
 
-On this project's CPUs (Intel with AMX / AVX512-BF16) bf16 autocast encodes multilingual-e5-small about
-1.9x faster than fp32 with embeddings at cosine >= 0.9999 to fp32 (docs/evaluation.md); without those
-instructions oneDNN emulates bf16 and it is slower than fp32. ``auto`` picks bf16 where the hardware
-has it (a CUDA device with bf16, or a CPU with ``amx_bf16`` / ``avx512_bf16``), fp32 elsewhere, and the
-caller records what ran (``resolve_precision`` returns it): never a silent switch.
+Measured on multilingual-e5-small (docs/inference.md): on a CPU with AMX / AVX512-BF16, bf16 encodes
+about 2.5x faster than fp32 at cosine >= 0.9999 to fp32, and int8 is slower than bf16 and less exact;
+on an AVX2-only CPU bf16 is emulated (5x slower than fp32) and int8 is 1.8x faster than fp32 at cosine
+>= 0.99. So ``auto`` picks bf16 where the hardware has it (a CUDA device with bf16, or a CPU with
+``amx_bf16`` / ``avx512_bf16``), else int8 on a CPU when the model folder holds its int8 files
+(``labse quantize``), else fp32; the caller records what ran (``resolve_precision`` returns it): never
+a silent switch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -41,12 +44,18 @@ def bf16_fast(device: torch.device) -> bool:
     return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> the fast exact-enough choice for ``device``; an explicit precision is checked."""
+def resolve_precision(precision: str, device: torch.device, int8_ready: bool = False) -> str:
+    """``auto`` -> the fast exact-enough choice for ``device``; an explicit precision is checked.
+    ``int8_ready``: the model folder holds its int8 files (``labse_core.model.int8.has_int8``)."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if bf16_fast(device) else "fp32"
+        if bf16_fast(device):
+            return "bf16"
+        return "int8" if int8_ready and device.type == "cpu" else "fp32"
+    if precision == "int8" and device.type != "cpu":
+        raise PrecisionError(f"precision int8 runs on the CPU only (device {device}); use --precision bf16 "
+                             "or --device cpu")
     if precision == "bf16" and not bf16_fast(device):
         what = "this GPU" if device.type == "cuda" else f"this CPU (no {' or '.join(BF16_CPU_FLAGS)})"
         raise PrecisionError(f"precision bf16: {what} has no bf16 matrix multiply; use --precision fp32")

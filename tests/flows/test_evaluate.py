@@ -48,7 +48,8 @@ def test_tatoeba_run_equals_sentence_transformers_and_appends_results(model_dir)
     from mlflow import MlflowClient
 
     layout = Layout.from_env()
-    first = run_tatoeba(TatoebaEvalConfig(model=str(model_dir), langs=LANGS), layout)
+    # fp32: the comparison is of two libraries on the same arithmetic (other precisions: test_precision.py)
+    first = run_tatoeba(TatoebaEvalConfig(model=str(model_dir), langs=LANGS, precision="fp32"), layout)
     want = st_accuracy(model_dir, LANGS)
     got = {s.code: (s.acc_xx_en, s.acc_en_xx) for s in first.result.languages}
     assert set(got) == set(want)
@@ -58,15 +59,16 @@ def test_tatoeba_run_equals_sentence_transformers_and_appends_results(model_dir)
     assert max(np.mean(v) for v in want.values()) > 0.03  # far above chance (0.001): the comparison means something
     trained = first.result.group("trained")
     assert trained is not None and set(trained.languages) == {"deu", "fra", "spa"}  # from the model card
-    assert first.summary["trained_langs_from"] == "model card"
+    assert first.summary["trained_langs_from"] == "model card" and first.summary["precision"] == "fp32"
 
     second = run_tatoeba(TatoebaEvalConfig(model=str(model_dir), langs=["deu"]), layout)
     rows = catalog.query(layout, "SELECT run_id, count(*) AS n FROM eval_results WHERE eval_set = 'tatoeba-v1' "
                                  f"AND run_id IN ('{first.run_id}', '{second.run_id}') GROUP BY 1").to_pylist()
     assert {r["run_id"]: r["n"] for r in rows} == {first.run_id: first.rows, second.run_id: second.rows}
-    one = catalog.query(layout, "SELECT value, model_uri, model_version, n FROM eval_results WHERE run_id = "
+    one = catalog.query(layout, "SELECT value, model_uri, model_version, precision, n FROM eval_results WHERE run_id = "
                                 f"'{first.run_id}' AND scope = 'language' AND language = 'deu' AND direction = 'xx->en'").to_pylist()
-    assert one == [{"value": got["deu"][0], "model_uri": str(model_dir.resolve()), "model_version": None, "n": 1000}]
+    assert one == [{"value": got["deu"][0], "model_uri": str(model_dir.resolve()), "model_version": None,
+                    "precision": "fp32", "n": 1000}]
 
     summary = json.loads(first.summary_path.read_text())
     assert summary["languages"]["deu"]["xx->en"] == got["deu"][0] and first.plot_path.stat().st_size > 5000
@@ -148,12 +150,14 @@ def test_labse_mine_equals_brute_force_on_the_same_embeddings(model_dir, real_ca
     runner = CliRunner()
     res = runner.invoke(app, ["mine", "--src", str(tmp_path / "de.txt"), "--tgt", str(tmp_path / "en.txt"),
                               "--src-lang", "de", "--tgt-lang", "en", "--model", str(model_dir), "--threshold", "0",
-                              "--no-filter", "--chunk-size", "100"])
+                              "--no-filter", "--chunk-size", "100", "--precision", "fp32"])
     assert res.exit_code == 0, res.output
-    got = catalog.query(Layout.from_env(), "SELECT src_index, tgt_index, margin, src_text FROM mined WHERE src_origin = "
+    assert "precision fp32" in res.output
+    got = catalog.query(Layout.from_env(), "SELECT src_index, tgt_index, margin, src_text, precision FROM mined WHERE src_origin = "
                                            f"'{tmp_path / 'de.txt'}' AND src_lang = 'de' AND tgt_lang = 'en'").to_pylist()
     want = brute_force(encode(de, model, progress=False), encode(en, model, progress=False), k=4, mode="max")
     assert {(r["src_index"], r["tgt_index"]) for r in got} == set(want) and len(want) > 150
+    assert {r["precision"] for r in got} == {"fp32"}
     for r in got:
         assert r["margin"] == pytest.approx(want[(r["src_index"], r["tgt_index"])], rel=1e-4)
         assert r["src_text"] == normalize_text(de[r["src_index"]])  # stored as the data pipeline normalizes
@@ -195,7 +199,8 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
     w.publish()
     try:
         res = CliRunner().invoke(app, ["--home", str(layout.home), "evaluate", "bucc", "--model", str(model_dir),
-                                       "--gold", "30", "--distractors", "50", "--held-out-fraction", "0.3"])
+                                       "--gold", "30", "--distractors", "50", "--held-out-fraction", "0.3",
+                                       "--precision", "fp32"])
         assert res.exit_code == 0, res.output
         assert "F1" in res.output and "xSIM" in res.output
         got = catalog.query(layout, "SELECT split, metric, value FROM eval_results WHERE eval_set = 'bucc-gettext' AND "

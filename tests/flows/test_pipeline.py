@@ -380,7 +380,7 @@ def test_lever_mode_trains_each_lever_and_scores_it_on_all_112_languages(summary
     """Lever mode: one arm per lever, each with its fields changed from the base and nothing else, scored
     (as the starting model is) on Tatoeba's 112 languages exactly as the registry gate scores a model."""
     from flows.ablation import AblationConfig, labse_ablation
-    from flows.evaluate import embedder, resolved_precision
+    from flows.evaluate import embedder
     from labse_core.evaluation import tatoeba as tat
 
     pre = Path(stage(summary, "pretrain").path)
@@ -397,12 +397,12 @@ def test_lever_mode_trains_each_lever_and_scores_it_on_all_112_languages(summary
             levers[a.arm].get("lr", base.lr), levers[a.arm].get("balance_alpha", base.balance_alpha))
         assert a.overrides == levers[a.arm] and a.steps == 12
         assert client.get_run(a.mlflow_run_id).data.metrics[name] == pytest.approx(a.tatoeba[name])
-    embed = embedder(pre, precision=resolved_precision("auto"))
+    embed = embedder(pre, precision="auto")
     want = tat.gate_metrics(tat.evaluate_tatoeba(embed, tat_data(), sample=5))[1]
     assert result.start["tatoeba"] == pytest.approx(want) and set(want) == {
         name, "tatoeba_xtreme36_sample5", "tatoeba_xnli14_sample5", "tatoeba_major14_sample5"}
     best = Layout.from_env().checkpoints("finetune", f"{base.run_name}-lever-lr-1e-4") / "best"
-    again = tat.gate_metrics(tat.evaluate_tatoeba(embedder(best, precision=resolved_precision("auto")), tat_data(),
+    again = tat.gate_metrics(tat.evaluate_tatoeba(embedder(best, precision="auto"), tat_data(),
                                                   sample=5))[1]
     assert result.arms[0].tatoeba == pytest.approx(again)
 

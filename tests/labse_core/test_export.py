@@ -439,12 +439,13 @@ def mlflow_tmp(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
-def test_mlflow_pyfunc_matches_encode(mlflow_tmp, model_dir, corpus, reference):
+def test_mlflow_pyfunc_matches_encode(mlflow_tmp, model_dir, corpus, reference, monkeypatch):
     import pandas as pd
     from mlflow import MlflowClient
 
     from labse_core.mlflow_model import load_registered, log_encoder
 
+    monkeypatch.setenv("LABSE_PRECISION", "fp32")  # the exact path (auto may pick bf16: test_precision.py)
     mlflow = mlflow_tmp
     _, test = corpus
     uri = log_encoder(model_dir, registered_model_name="labse-test")

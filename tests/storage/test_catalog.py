@@ -58,3 +58,28 @@ def test_dataset_removed_drops_its_view(layout):
     assert catalog.refresh(layout) == []
     with pytest.raises(QueryError, match="does not exist"):
         catalog.query(layout, "SELECT * FROM corpus_raw")
+
+
+def test_eval_results_written_before_the_precision_column_still_read(layout):
+    """A lake from before ``precision`` was recorded: its files lack the column; the view reads them as null
+    beside newer rows (union by name), and a query naming the column works over both."""
+    import pyarrow.parquet as pq
+
+    from labse_core.evaluation.results import publish_rows
+    from storage.manifest import read_manifest
+    from storage.schemas import EVAL_RESULTS
+
+    row = {"split": "test", "scope": "language", "language": "de", "direction": "both", "metric": "accuracy",
+           "value": 0.5, "n": 10}
+    publish_rows(layout, "tatoeba-v1", [row], run_id="old", model_uri="m", model_version=None)
+    root = layout.dataset_dir(EVAL_RESULTS.relpath)
+    (old_file,) = [root / f.path for f in read_manifest(root).files]
+    table = pq.ParquetFile(old_file).read()
+    pq.write_table(table.drop_columns(["precision"]), old_file)  # as an older version wrote it
+    assert "precision" not in pq.ParquetFile(old_file).schema_arrow.names
+    publish_rows(layout, "tatoeba-v1", [row | {"value": 0.6}], run_id="new", model_uri="m", model_version=None,
+                 precision="bf16")
+    catalog.refresh(layout)
+    got = catalog.query(layout, "SELECT run_id, precision, value, eval_set FROM eval_results ORDER BY run_id").to_pylist()
+    assert got == [{"run_id": "new", "precision": "bf16", "value": 0.6, "eval_set": "tatoeba-v1"},
+                   {"run_id": "old", "precision": None, "value": 0.5, "eval_set": "tatoeba-v1"}]
