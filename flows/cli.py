@@ -589,17 +589,20 @@ def embed(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Embed sentences with an exported model (stdin or a file -> .npy / .parquet)."""
-    from labse_core.embed import embed_file, load_for_inference
+    from labse_core.embed import encode, load_for_inference, read_lines, write_embeddings
     from labse_core.model.precision import PrecisionError
 
     if not (model / "labse_export.json").exists():
         _fail(f"{model} is not an exported model folder (no labse_export.json)")
     if input != "-" and not Path(input).is_file():
         _fail(f"input file {input} does not exist")
+    if output.suffix.lower() not in (".npy", ".parquet"):  # before the expensive part
+        _fail(f"output must end in .npy or .parquet, got {output.name!r}")
     try:
+        sentences = read_lines(input)  # a bad input file is reported before the model is loaded
         loaded = load_for_inference(model, precision)
-        out = embed_file(input, output, loaded, batch_size=batch_size, max_length=max_length,
-                         progress=sys.stderr.isatty())
+        emb = encode(sentences, loaded, batch_size=batch_size, max_length=max_length, progress=sys.stderr.isatty())
+        out = write_embeddings(output, sentences, emb)
     except PrecisionError as e:
         _fail(str(e))
     except UnicodeDecodeError as e:

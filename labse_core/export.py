@@ -571,6 +571,15 @@ def inference_precision(model_dir: str | os.PathLike[str]) -> str | None:
     return value
 
 
+def serving_precision(model_dir: str | os.PathLike[str]) -> str:
+    """The precision the served pyfunc model runs in: ``LABSE_PRECISION`` in the serving process's
+    environment, else the folder's ``inference_precision``, else fp32. Not the hardware rule of ``auto``:
+    a served model answers every request with the same vector for the same sentence whatever the batch
+    (bf16 differs by ~1e-3 between batch shapes) and keeps its memory flat (oneDNN keeps a bf16 kernel
+    per matrix shape: +120 MiB over a few seconds of mixed batches, docs/inference.md)."""
+    return os.environ.get("LABSE_PRECISION") or inference_precision(model_dir) or "fp32"
+
+
 def load_encoder(model_dir: str | os.PathLike[str]) -> tuple[LabseEncoder, Any]:
     """(LabseEncoder in eval mode, HF tokenizer) from an exported folder; never touches the network.
 

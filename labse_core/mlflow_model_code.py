@@ -10,14 +10,14 @@ and must end with ``mlflow.models.set_model(...)``.
     predict(pd.DataFrame({"text": [...]}))               -> same
     predict(..., params={"batch_size": 256})             -> same, other batching
 
-Precision: ``auto`` (``labse_core.embed.load_for_inference``), or ``LABSE_PRECISION`` (fp32, bf16, int8)
-in the serving process's environment; ``precision`` on the loaded model says which runs.
+Precision (``labse_core.export.serving_precision``): ``LABSE_PRECISION`` (fp32, bf16, int8, auto) in the
+serving process's environment, else the folder's ``inference_precision``, else fp32; ``precision`` on the
+loaded model says which runs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import mlflow
@@ -54,12 +54,11 @@ class LabseEmbedder(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from labse_core.embed import load_for_inference
-        from labse_core.export import read_export_metadata
+        from labse_core.export import read_export_metadata, serving_precision
 
         model_dir = context.artifacts[ARTIFACT_KEY]
-        # auto: the folder's own setting, else bf16 where the hardware multiplies bf16, else int8 when the
-        # folder has its int8 files, else fp32 (labse_core.model.precision); LABSE_PRECISION overrides it.
-        self.model = load_for_inference(model_dir, os.environ.get("LABSE_PRECISION", "auto"))
+        # LABSE_PRECISION, else the folder's own setting (labse quantize --default), else fp32
+        self.model = load_for_inference(model_dir, serving_precision(model_dir))
         self.precision = self.model.precision
         logging.getLogger(__name__).info("labse pyfunc: encoding in %s", self.precision)
         meta = read_export_metadata(model_dir) or {}

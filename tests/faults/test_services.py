@@ -46,7 +46,9 @@ def test_served_champion_holds_a_stream(tiny_eval_model, sentences, tmp_path):
     previous, saved_path = mlflow.get_tracking_uri(), list(sys.path)
     mlflow.set_tracking_uri(uri)
     try:  # the reference: the same registered model loaded in this process (what `labse pull` users do)
-        reference = mlflow.pyfunc.load_model(serve_load.ALIAS_URI).predict(sentences)
+        in_process = mlflow.pyfunc.load_model(serve_load.ALIAS_URI)
+        reference = in_process.predict(sentences)
+        precision = in_process.unwrap_python_model().precision  # --precision auto, as the server resolves it
     finally:
         mlflow.set_tracking_uri(previous)
         sys.path[:] = saved_path
@@ -56,15 +58,15 @@ def test_served_champion_holds_a_stream(tiny_eval_model, sentences, tmp_path):
         assert serve_load.listening_hosts(server.pid) == {"127.0.0.1"}  # MLflow's default, not 0.0.0.0
         with serve_load.RssSampler(server.pid, interval_s=0.25) as rss:
             warm = serve_load.run_clients(server.url, pool, ref, tmp_path / "warm", clients=3, batch=[1, 32, 8],
-                                          seconds=3, env=env)
+                                          seconds=3, env=env, precision=precision)
             warm_at = time.monotonic()
             load = serve_load.run_clients(server.url, pool, ref, tmp_path / "load", clients=3, batch=[1, 32, 8],
-                                          seconds=6, seed=1, env=env)
+                                          seconds=6, seed=1, env=env, precision=precision)
         assert server.proc.poll() is None, serve_load._tail(server.log)
     assert warm["errors"] == 0 and load["errors"] == 0, load["error_samples"] or warm["error_samples"]
     # every response was compared with the in-process rows (clients check norms and values)
     assert load["requests"] == load["checked"] >= 30, load
-    assert load["max_abs_diff_vs_in_process"] <= serve_load.TOLERANCE
+    assert load["max_abs_diff_vs_in_process"] <= serve_load.TOLERANCES[precision]
     np.testing.assert_allclose(np.linalg.norm(np.load(ref), axis=1), 1.0, atol=1e-5)
     memory = serve_load.memory_summary(rss.samples, warm_at)
     assert memory["flat"], memory

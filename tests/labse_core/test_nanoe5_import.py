@@ -352,25 +352,66 @@ def test_an_import_is_reused_only_from_the_same_source(model_dir, tmp_path, monk
     assert imported == [{"model_file": None, "overwrite": True}] * 4
 
 
-def test_labse_embed_and_mlflow_pyfunc_agree(model_dir, ours, sentences, tmp_path, mlflow_tmp):  # noqa: F811
+def test_labse_embed_and_mlflow_pyfunc_agree(model_dir, ours, sentences, tmp_path, mlflow_tmp, monkeypatch):  # noqa: F811
     from typer.testing import CliRunner
 
     from flows.cli import app
+    from labse_core.embed import choose_precision
     from labse_core.mlflow_model import log_encoder
 
     lines = [s for s in sentences if "\n" not in s and "\r" not in s]
     idx = [i for i, s in enumerate(sentences) if s in lines]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = CliRunner().invoke(
-        app, ["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o.npy")]
-    )
-    assert result.exit_code == 0, result.output
+    args = ["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o.npy")]
+    result = CliRunner().invoke(app, [*args, "--precision", "fp32"])
+    assert result.exit_code == 0 and "(precision fp32)" in result.output, result.output
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), ours[idx], atol=1e-5)
+    auto = choose_precision(model_dir, "auto", "cpu")  # bf16 on a CPU with bf16 instructions, else fp32
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and f"(precision {auto})" in result.output, result.output
+    assert (np.load(tmp_path / "o.npy") * ours[idx]).sum(axis=1).min() >= 0.9999
 
     with mlflow_tmp.start_run():
         uri = log_encoder(model_dir)
+    monkeypatch.setenv("LABSE_PRECISION", "fp32")  # the served model's precision (default auto)
     pyfunc = mlflow_tmp.pyfunc.load_model(uri)
     np.testing.assert_allclose(pyfunc.predict(lines), ours[idx], atol=1e-5)
+    monkeypatch.setenv("LABSE_PRECISION", "int8")  # the logged copy of this folder has no int8 files
+    with pytest.raises(Exception, match="int8 is missing; write it with: labse quantize"):
+        mlflow_tmp.pyfunc.load_model(uri)
+
+
+def test_quantized_paths_keep_tatoeba_and_mining(model_dir, tmp_path):
+    """The quality guard, small (bench/precision_quality.py is the full one): int8 and bf16 against fp32 on
+    the real model, 14 Tatoeba languages (100 pairs each, both directions) and BUCC-style mining F1 on
+    Tatoeba pairs hidden among other languages' sentences."""
+    from labse_core.embed import encode, load_for_inference
+    from labse_core.evaluation import bucc
+    from labse_core.evaluation import tatoeba as tat
+    from labse_core.model.int8 import write_int8
+    from labse_core.model.precision import bf16_fast
+
+    folder = tmp_path / "e5"
+    shutil.copytree(model_dir, folder)
+    write_int8(folder)
+    langs = list(tat.MAJOR_14)
+    pool = tat.load_tatoeba(TATOEBA, langs)
+    pairs = [(x, e) for lang in pool for x, e in list(zip(lang.sentences, lang.english, strict=True))[:60]]
+    sets = bucc.build_sets(pairs, 100, 100)  # 100 hidden pairs per split among 200 distractors per side
+    scores = {}
+    for precision in ["fp32", "int8"] + (["bf16"] if bf16_fast(torch.device("cpu")) else []):
+        model = load_for_inference(folder, precision, "cpu")
+
+        def embed(texts, model=model):
+            return encode(texts, model, progress=False)
+
+        result = tat.evaluate_tatoeba(embed, TATOEBA, langs, sample=100)
+        scores[precision] = (100 * result.group("major14").acc, bucc.evaluate_language("mix", sets, embed).test.f1)
+    fp32_acc, fp32_f1 = scores["fp32"]
+    assert fp32_acc > 85 and fp32_f1 > 0.8, scores  # the comparison is about a model that works
+    for precision, (acc, f1) in scores.items():
+        assert abs(acc - fp32_acc) <= (0.6 if precision == "int8" else 0.3), scores
+        assert abs(f1 - fp32_f1) <= 0.01, scores
 
 
 def test_from_pretrained_bert_keeps_mean_pooling(model_dir, ours, sentences):
