@@ -57,8 +57,9 @@ def test_served_champion_holds_a_stream(tiny_eval_model, sentences, tmp_path):
     with serve_load.served(uri, tmp_path / "serve.log") as server:
         assert serve_load.listening_hosts(server.pid) == {"127.0.0.1"}  # MLflow's default, not 0.0.0.0
         with serve_load.RssSampler(server.pid, interval_s=0.25) as rss:
+            # warm-up as long as the measured stretch: every worker thread has its buffers and glibc arena first
             warm = serve_load.run_clients(server.url, pool, ref, tmp_path / "warm", clients=3, batch=[1, 32, 8],
-                                          seconds=3, env=env, precision=precision)
+                                          seconds=6, env=env, precision=precision)
             warm_at = time.monotonic()
             load = serve_load.run_clients(server.url, pool, ref, tmp_path / "load", clients=3, batch=[1, 32, 8],
                                           seconds=6, seed=1, env=env, precision=precision)
