@@ -90,8 +90,10 @@ def choose_precision(folder: str | os.PathLike[str], precision: str = "auto",
 
     if precision == "auto" and (own := inference_precision(folder)) is not None:
         precision = own  # the folder's setting (labse quantize --default): checked like an explicit one
-    resolved = resolve_precision(precision, _pick_device(device), int8_ready=has_int8(folder))
-    if resolved == "int8" and not has_int8(folder):
+    # has_int8 reads the weights' head and tail (a content digest): once, and only where int8 can be chosen
+    ready = precision in ("auto", "int8") and has_int8(folder)
+    resolved = resolve_precision(precision, _pick_device(device), int8_ready=ready)
+    if resolved == "int8" and not ready:
         raise PrecisionError(missing_int8_message(folder))
     return resolved
 
