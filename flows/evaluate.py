@@ -82,8 +82,12 @@ class Embedder:
     with every result."""
 
     model: Any
+    """labse_core.embed.InferenceModel"""
     batch_size: int
-    precision: str
+
+    @property
+    def precision(self) -> str:
+        return self.model.precision
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         from labse_core.embed import encode
@@ -97,7 +101,7 @@ def embedder(folder: Path, batch_size: int = 64, precision: str = "fp32") -> Emb
     from labse_core.embed import load_for_inference
 
     model = load_for_inference(folder, precision)
-    return Embedder(model, batch_size, model.precision)
+    return Embedder(model, batch_size)
 
 
 def resolve(model: str, layout: Layout) -> ModelSource:
