@@ -23,6 +23,7 @@ from storage.layout import Layout
 
 _NO_SPACE = re.compile(r"No space left on device|\[Errno 28\]|errno 28", re.IGNORECASE)
 _PATH = re.compile(r"No space left on device: '([^']+)'")
+_SPILL = re.compile(r"no space left on device while spilling to [^\n]*?LABSE_SPILL_DIR picks another folder\)")
 _LOST = ("Channel closed prematurely", "SDK worker exited", "Worker process exited", "Socket closed")
 # A worker stopped by Ctrl-C (the terminal signals the whole process group): its shell exits 130, or
 # the worker itself -2. That is the user interrupting the command, not a lost worker.
@@ -34,6 +35,10 @@ class WorkerLost(ChildProcessError):
 
 
 def _disk_full(stage: str, layout: Layout, text: str) -> OSError:
+    spill = _SPILL.search(text)  # beam_jobs.spill: names its folder and the space it needs
+    if spill:
+        return OSError(errno.ENOSPC, f"{stage}: {spill.group(0)}; nothing published, the previous version is "
+                                     "intact, the spill removed")
     where = _PATH.search(text)
     path = where.group(1) if where else str(layout.lake)
     return OSError(errno.ENOSPC, f"{stage}: no space left on device writing {path}; nothing published, "

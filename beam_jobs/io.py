@@ -211,15 +211,18 @@ def _split_by(table: pa.Table, columns: tuple[str, ...]):
 
 
 class WritePartitionedTables(WritePartitionedRows):
-    """``WritePartitionedRows`` for a PCollection of Arrow tables (columns of ``spec.schema``)."""
+    """``WritePartitionedRows`` for a PCollection of Arrow tables (columns of ``spec.schema``), or a
+    tuple of them: each is written in the stage that makes it (a flatten of tables from several stages
+    would be held in the runner's memory), and only the file names meet, in one commit."""
 
     def expand(self, tables):
         staging = self.staging
+        parts = list(tables) if isinstance(tables, tuple | list) else [tables]
+        names = [pc | f"WriteAttempts{i or ''}" >> beam.ParDo(_BufferedTableWriteFn(
+                     self.spec, staging, self.rows_per_file, self.max_buffered_rows, self.fault_point))
+                 for i, pc in enumerate(parts)]
         return (
-            tables
-            | "WriteAttempts"
-            >> beam.ParDo(_BufferedTableWriteFn(self.spec, staging, self.rows_per_file, self.max_buffered_rows,
-                                                self.fault_point))
+            (names[0] if len(names) == 1 else tuple(names) | "AllFileNames" >> beam.Flatten())
             | "CollectFileNames" >> beam.combiners.ToList()
             | "Commit" >> beam.Map(record_commit, staging=staging)  # applied on the driver by DatasetWriter.stage()
         )

@@ -39,6 +39,11 @@ class BeamConfig(BaseModel):
         description="runner dask: address of a running dask.distributed scheduler (tcp://host:8786); "
         "None starts a LocalCluster of num_workers processes for the run.",
     )
+    dask_memory_limit: str = Field(
+        "2GiB",
+        description="runner dask, LocalCluster only: memory of one worker process. Dask spills the results it "
+        "holds to disk past 60% of it, pauses the worker at 80% and restarts it at 95%.",
+    )
     running_mode: str = Field(
         "multi_processing",
         description="Direct runner mode: multi_processing, multi_threading or in_memory (one process, for tests).",
@@ -94,7 +99,8 @@ class BeamConfig(BaseModel):
         if is_dask(self.runner):
             from beam_jobs.runners.dask.runner import DaskRunner
 
-            return beam.Pipeline(runner=DaskRunner(local_workers=self.num_workers), options=self.pipeline_options())
+            return beam.Pipeline(runner=DaskRunner(local_workers=self.num_workers, memory_limit=self.dask_memory_limit),
+                                 options=self.pipeline_options())
         if not (self.runner == "DirectRunner" and self.running_mode == "multi_processing"):
             return beam.Pipeline(options=self.pipeline_options())
         from apache_beam.portability.api import beam_provision_api_pb2

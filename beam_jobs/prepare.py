@@ -21,6 +21,8 @@ in the lake (the new version holds the old rows plus the new ones). Run it::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,11 +33,13 @@ import apache_beam as beam
 from pydantic import BaseModel, ConfigDict, Field
 
 from beam_jobs import prepare_transforms as steps
+from beam_jobs import progress
 from beam_jobs.counters import counters
 from beam_jobs.failures import stage_failures
 from beam_jobs.io import WritePartitionedTables, WriteValue, sorted_lines
 from beam_jobs.options import BeamConfig
 from beam_jobs.prepare_transforms import NAMESPACE
+from beam_jobs.spill import spill_folder
 from labse_core import prepare as core
 from labse_core.langcodes import normalize
 from storage.datasets import DatasetWriter, check_replace, current_manifest, publish_together
@@ -73,11 +77,15 @@ class PrepareConfig(BaseModel):
     )
     batch_size: int = Field(2000, ge=1, description="Pairs per batch inside the normalize/filter step.")
     rows_per_file: int = Field(250_000, ge=1, description="Most rows per Parquet file within a partition.")
-    shuffle_digits: int = Field(
-        1, ge=0, le=8,
-        description="Hex digits of the pair digest that shard a language for the dedupe (and cap) shuffle: "
-        "16**n shards per language. More shards bound what one worker holds for one huge language; "
-        "fewer mean fewer, larger groups (cheaper for many small languages).",
+    shuffle_digits: int | None = Field(
+        None, ge=0, le=4,
+        description="Hex digits of the pair digest that bucket the corpus for the dedupe (and cap), which "
+        "groups it on disk: 16**n buckets, one held by a worker at a time. None: from the input's size "
+        "(2 up to ~50 M pairs, then 3, 4).",
+    )
+    span_bytes: int = Field(
+        core.SPAN_BYTES, ge=1 << 16,
+        description="A TSV input larger than this is read in spans of about this many bytes, by all workers at once.",
     )
     beam: BeamConfig = Field(default_factory=BeamConfig)
 
@@ -90,6 +98,7 @@ class PrepareResult(BaseModel):
     skipped: list[str] = Field(default_factory=list, description="Inputs skipped as a whole, with the reason.")
     seconds: float
     replaced: dict[str, int] = Field(default_factory=dict, description="Rows of each dataset's previous version.")
+    spill_bytes: int = Field(0, description="Largest size of the dedupe's (and cap's) spill files on disk.")
 
     @property
     def input_pairs(self) -> int:
@@ -104,39 +113,66 @@ class PreparePairs(beam.PTransform):
     """The stage's whole graph: pipeline start -> ``{"clean": ..., "rejects": ..., "errors": ...}``.
 
     ``ReadPairs | NormalizeFilter`` (+ the lake's clean corpus in append mode) ``| Dedupe | CapPerSource``;
-    the rejects of every step (+ the lake's rejects in append mode) flattened into one collection, and the
-    unreadable inputs' messages. ``raw_files``/``existing_clean``/``existing_rejects``: Parquet files to read.
+    the rejects of every step (+ the lake's rejects in append mode), and the unreadable inputs' messages.
+    ``raw_files``/``existing_clean``/``existing_rejects``: Parquet files to read; ``spill``: the folder
+    of the dedupe's and the cap's spill files (``beam_jobs.spill``). "clean" and "rejects" are tuples of
+    collections, for ``WritePartitionedTables``: nothing the size of the corpus passes through the
+    runner's memory.
     """
 
-    def __init__(self, cfg: PrepareConfig, raw_files: Sequence[str], existing_clean: Sequence[str] = (),
-                 existing_rejects: Sequence[str] = ()):
+    def __init__(self, cfg: PrepareConfig, raw_files: Sequence[str], spill: str | Path,
+                 existing_clean: Sequence[str] = (), existing_rejects: Sequence[str] = ()):
         super().__init__()
-        self.cfg, self.raw_files = cfg, list(raw_files)
+        self.cfg, self.raw_files, self.spill = cfg, list(raw_files), spill
         self.existing_clean, self.existing_rejects = list(existing_clean), list(existing_rejects)
+        size = input_bytes(cfg, [*self.raw_files, *self.existing_clean])
+        self.digits = cfg.shuffle_digits if cfg.shuffle_digits is not None else auto_digits(size)
+        self.spill_bytes = size  # about what the spill takes on disk (for the message of a full disk)
 
     def expand(self, pbegin):
-        cfg = self.cfg
-        read = pbegin | "Read" >> steps.ReadPairs(self.raw_files, cfg.inputs, cfg.batch_size)
-        processed = read["batches"] | "NormalizeFilter" >> steps.NormalizeFilter(cfg.rules, [str(x) for x in cfg.eval_sets])
-        kept, rejects = processed.kept, [processed[steps.REJECTS]]
+        cfg, folder, digits, needed = self.cfg, str(self.spill), self.digits, self.spill_bytes
+        read = pbegin | "Read" >> steps.ReadPairs(self.raw_files, cfg.inputs, cfg.batch_size, cfg.span_bytes)
+        processed = read["batches"] | "NormalizeFilter" >> steps.NormalizeFilter(cfg.rules, [str(x) for x in cfg.eval_sets],
+                                                                                folder)
+        kept, rejects = [processed.kept], [processed[steps.REJECTS]]
         if self.existing_clean:
-            old = pbegin | "ReadOldClean" >> steps.ReadLakeTables(self.existing_clean, cfg.batch_size, core.KEPT_SCHEMA,
-                                                                   {"existing": True})
-            kept = (kept, old) | "WithOldClean" >> beam.Flatten()
+            kept.append(pbegin | "ReadOldClean" >> steps.ReadLakeTables(self.existing_clean, cfg.batch_size,
+                                                                        core.KEPT_SCHEMA, {"existing": True}))
         if cfg.dedupe:
-            deduped = kept | "Dedupe" >> steps.Dedupe(cfg.shuffle_digits)
-            kept = deduped.kept
+            deduped = tuple(kept) | "Dedupe" >> steps.Dedupe(folder, digits, needed)
+            kept = [deduped.kept]
             rejects.append(deduped[steps.REJECTS])
         if cfg.max_translations_per_source:
-            capped = kept | "CapPerSource" >> steps.CapPerSource(cfg.max_translations_per_source, cfg.shuffle_digits)
-            kept = capped.kept
+            capped = tuple(kept) | "CapPerSource" >> steps.CapPerSource(cfg.max_translations_per_source, folder,
+                                                                         digits, needed)
+            kept = [capped.kept]
             rejects.append(capped[steps.REJECTS])
         if self.existing_rejects:
             rejects.append(pbegin | "ReadOldRejects" >> steps.ReadLakeTables(self.existing_rejects, cfg.batch_size,
                                                                              core.REJECT_SCHEMA))
-        return {"clean": kept | "CountClean" >> beam.Map(steps.count_clean),
-                "rejects": rejects | "AllRejects" >> beam.Flatten(),
+        # Tuples, not flattened: each part is written in the stage that makes it.
+        return {"clean": tuple(pc | f"CountClean{i or ''}" >> beam.Map(steps.count_clean) for i, pc in enumerate(kept)),
+                "rejects": tuple(rejects),
                 "errors": read["errors"]}
+
+
+def input_bytes(cfg: PrepareConfig, parquet_files: Sequence[str]) -> int:
+    """Bytes of everything the run reads (for the bucket count and the spill's expected size)."""
+    total = 0
+    for f in [*parquet_files, *(str(spec.path) for spec in cfg.inputs)]:
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(f) if os.path.isfile(f) else sum(
+                p.stat().st_size for p in Path(f).rglob("*") if p.is_file())
+    return total
+
+
+def auto_digits(size: int, rows_per_bucket: int = 400_000) -> int:
+    """Hex digits for ``size`` input bytes: 16**n buckets of at most ~``rows_per_bucket`` pairs each
+    (a pair takes >= ~60 bytes of input), at least 2 digits (256 buckets)."""
+    digits = 2
+    while digits < 4 and size / 60 / 16**digits > rows_per_bucket:
+        digits += 1
+    return digits
 
 
 def _files(layout: Layout, spec: DatasetSpec, partitions: set[str] | None = None) -> list[str]:
@@ -196,15 +232,17 @@ def _run(cfg: PrepareConfig, layout: Layout, run_id: str | None, producer: dict 
     with DatasetWriter(layout, CLEAN_PAIRS, run_id) as clean_w, DatasetWriter(layout, REJECTS, clean_w.run_id) as rejects_w:
         errors_path = layout.staging / f".errors-{clean_w.run_id}.txt"
         try:
-            with cfg.beam.pipeline() as p:
-                out = p | "Prepare" >> PreparePairs(cfg, raw_files, existing_clean, existing_rejects)
-                _ = out["clean"] | "WriteClean" >> WritePartitionedTables(
-                    CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file, fault_point="prepare.part_written")
-                _ = out["rejects"] | "WriteRejects" >> WritePartitionedTables(
-                    REJECTS, rejects_w.staging, cfg.rows_per_file, fault_point="prepare.part_written")
-                _ = (out["errors"] | "CollectErrors" >> beam.combiners.ToList()
-                     | "WriteErrors" >> WriteValue(errors_path, sorted_lines))
-            errors = [e for e in errors_path.read_text().splitlines() if e] if errors_path.exists() else []
+            with spill_folder(layout.staging, clean_w.run_id) as spill, progress.watch(spill, "prepare") as seen:
+                with cfg.beam.pipeline() as p:
+                    out = p | "Prepare" >> PreparePairs(cfg, raw_files, spill, existing_clean, existing_rejects)
+                    _ = out["clean"] | "WriteClean" >> WritePartitionedTables(
+                        CLEAN_PAIRS, clean_w.staging, cfg.rows_per_file, fault_point="prepare.part_written")
+                    _ = out["rejects"] | "WriteRejects" >> WritePartitionedTables(
+                        REJECTS, rejects_w.staging, cfg.rows_per_file, fault_point="prepare.part_written")
+                    _ = (out["errors"] | "CollectErrors" >> beam.combiners.ToList()
+                         | "WriteErrors" >> WriteValue(errors_path, sorted_lines))
+            # every span of an unreadable TSV input says the same: one message per input
+            errors = sorted({e for e in errors_path.read_text().splitlines() if e}) if errors_path.exists() else []
         finally:
             errors_path.unlink(missing_ok=True)
         stats, rejected = _account(cfg, counters(p.result, NAMESPACE), errors, raw_files)
@@ -224,7 +262,7 @@ def _run(cfg: PrepareConfig, layout: Layout, run_id: str | None, producer: dict 
                                     replace_empty=rejects_may_empty)
         publish_together(layout, [clean_w, rejects_w])  # both or (after a crash) neither
     return PrepareResult(clean=clean_m, rejects=rejects_m, stats=stats, errors=errors, skipped=skipped,
-                         seconds=time.perf_counter() - t0,
+                         seconds=time.perf_counter() - t0, spill_bytes=seen.peak_bytes,
                          replaced={CLEAN_PAIRS.name: clean_w.replaced_rows, REJECTS.name: rejects_w.replaced_rows})
 
 

@@ -18,11 +18,15 @@ Every step counts what it saw in the ``prepare`` namespace (``input_pairs``, ``r
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beam_jobs import progress
 from beam_jobs.io import ReadParquetTables
+from beam_jobs.spill import SpillGroup, read_bucket
 from labse_core import prepare as core
 from labse_core.text.normalize import sentence_key
 
@@ -41,54 +45,70 @@ def _count_reasons(rejects: pa.Table) -> None:
             _count(f"rejected.{item['values']}", item["counts"])
 
 
-# -- read ------------------------------------------------------------------------------------------
-class _ReadInputFn(beam.DoFn):
-    """An input file -> lists of ``batch_size`` row dicts (``labse_core.prepare.iter_input``); a file
-    no reader can read -> one message on the ``errors`` output, counted."""
+# -- read ----------------------------------------------------------------------------------------
+class _ReadFn(beam.DoFn):
+    """A work item -> batches: ``("raw", path)`` a corpus_raw Parquet file -> Arrow tables (partition
+    columns added); ``("input", spec, span)`` an input file, or one span of a large TSV file -> lists of
+    ``batch_size`` row dicts (``labse_core.prepare.iter_input``). An input no reader can read -> one
+    message on the ``errors`` output (every span of it says the same; the input is counted once)."""
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
+        self.parquet = ReadParquetTables(batch_size)
 
-    def process(self, spec: core.InputSpec):
+    def process(self, item):
+        if item[0] == "raw":
+            yield from self.parquet.process(item[1])
+            return
+        _, spec, span = item
+        first = span is None or span[0] == 0
         batch: list[dict] = []
         try:
-            for row in core.iter_input(spec):
+            for row in core.iter_input(spec, span):
                 batch.append(row)
                 if len(batch) >= self.batch_size:
                     yield batch
                     batch = []
         except (ValueError, OSError) as e:  # ReaderError, CatalogError, PrepareError, UnknownLanguage
-            _count("inputs_unreadable")
+            if first:
+                _count("inputs_unreadable")
             yield beam.pvalue.TaggedOutput(ERRORS, f"{e}")
         if batch:
             yield batch
-        _count("inputs_read")
+        if first:
+            _count("inputs_read")
+
+
+def work_items(raw_files: list[str], inputs: list[core.InputSpec], span_bytes: int = core.SPAN_BYTES) -> list[tuple]:
+    """What ``ReadPairs`` hands its workers: every corpus_raw file, every input (large TSV files in
+    spans of ``span_bytes``). Planned on the driver: spans number the lines (one pass over the file)."""
+    items: list[tuple] = [("raw", f) for f in raw_files]
+    for spec in inputs:
+        try:
+            spans = core.input_spans(spec, span_bytes)
+        except (ValueError, OSError):
+            spans = [None]  # the reader reports it, as an unreadable input
+        items += [("input", spec, span) for span in spans]
+    return items
 
 
 class ReadPairs(beam.PTransform):
     """Pipeline start -> ``{"batches": ..., "errors": ...}``: the pairs of the corpus_raw files (Arrow
     tables, partition columns added) and of the input files (lists of row dicts), and one message per
-    unreadable input file (empty when there are none)."""
+    unreadable input file and span (empty when there are none). One collection of work items, read by
+    one step: nothing is flattened (a flatten of data from two stages is held in the runner's memory)."""
 
-    def __init__(self, raw_files: list[str], inputs: list[core.InputSpec], batch_size: int):
+    def __init__(self, raw_files: list[str], inputs: list[core.InputSpec], batch_size: int,
+                 span_bytes: int = core.SPAN_BYTES):
         super().__init__()
         if not raw_files and not inputs:
             raise ValueError("ReadPairs: no corpus_raw files and no input files to read")
-        self.raw_files, self.inputs, self.batch_size = raw_files, inputs, batch_size
+        self.items, self.batch_size = work_items(raw_files, inputs, span_bytes), batch_size
 
     def expand(self, pbegin):
-        batches = []
-        if self.raw_files:
-            batches.append(pbegin | "RawFiles" >> beam.Create(self.raw_files, reshuffle=True)
-                           | "ReadRaw" >> beam.ParDo(ReadParquetTables(self.batch_size)))
-        if self.inputs:
-            read = (pbegin | "InputFiles" >> beam.Create(self.inputs, reshuffle=True)
-                    | "ReadInputs" >> beam.ParDo(_ReadInputFn(self.batch_size)).with_outputs(ERRORS, main="batches"))
-            batches.append(read.batches)
-            errors = read[ERRORS]
-        else:
-            errors = pbegin | "NoInputFiles" >> beam.Create([])
-        return {"batches": batches | "AllBatches" >> beam.Flatten(), "errors": errors}
+        read = (pbegin | "WorkItems" >> beam.Create(self.items, reshuffle=True)
+                | "ReadItems" >> beam.ParDo(_ReadFn(self.batch_size)).with_outputs(ERRORS, main="batches"))
+        return {"batches": read.batches, "errors": read[ERRORS]}
 
 
 class ReadLakeTables(beam.PTransform):
@@ -110,9 +130,10 @@ class _ProcessBatchFn(beam.DoFn):
     """A batch (Arrow table from corpus_raw, or row dicts from a reader) -> a table of kept rows
     (main output) and a table of rejects; one ``TablePreparer`` per worker keeps its caches."""
 
-    def __init__(self, rules: core.PrepareRules, eval_sets: list[str]):
+    def __init__(self, rules: core.PrepareRules, eval_sets: list[str], progress_dir: str | None = None):
         self.rules = rules
         self.eval_sets = eval_sets
+        self.progress_dir = progress_dir
 
     def setup(self):
         # Every worker builds the evaluation keys once (Tatoeba: ~220k sentences, a few seconds).
@@ -122,6 +143,8 @@ class _ProcessBatchFn(beam.DoFn):
         _count("input_pairs", batch.num_rows if isinstance(batch, pa.Table) else len(batch))
         kept, rejects = self.preparer.process(batch)
         _count_reasons(rejects)
+        progress.count(self.progress_dir, read=kept.num_rows + rejects.num_rows, kept=kept.num_rows,
+                       rejected=rejects.num_rows)
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects)
         if kept.num_rows:
@@ -132,69 +155,51 @@ class NormalizeFilter(beam.PTransform):
     """Batches -> ``.kept`` (normalized rows that pass every filter and share no sentence with an
     evaluation set) and ``.rejects`` (the others, with their reason)."""
 
-    def __init__(self, rules: core.PrepareRules, eval_sets: list[str]):
+    def __init__(self, rules: core.PrepareRules, eval_sets: list[str], progress_dir: str | None = None):
         super().__init__()
-        self.rules, self.eval_sets = rules, eval_sets
+        self.rules, self.eval_sets, self.progress_dir = rules, eval_sets, progress_dir
 
     def expand(self, batches):
-        return batches | "Process" >> beam.ParDo(_ProcessBatchFn(self.rules, self.eval_sets)).with_outputs(
-            REJECTS, main="kept")
+        fn = _ProcessBatchFn(self.rules, self.eval_sets, self.progress_dir)
+        return batches | "Process" >> beam.ParDo(fn).with_outputs(REJECTS, main="kept")
 
 
-# -- dedupe and cap: a shuffle on a key prefix, then the table function per group -----------------------
-def _group_rows(table: pa.Table, keys: list[str]):
-    """``(key, rows of table with that key)`` for each distinct key (one row per key in ``keys``)."""
-    if keys and all(k == keys[0] for k in keys):
-        yield keys[0], table
-        return
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    for k, idx in groups.items():
-        # take copies the rows: a zero-copy slice would pickle its whole parent table
-        yield k, table.take(pa.array(idx, type=pa.int64()))
-
-
-def key_by_pair(table: pa.Table, digits: int):
-    """Kept rows keyed for the dedupe shuffle: the language plus the first ``digits`` hex digits of
-    the pair digest. Every group of equal pair keys lands in one shard, and a shard holds about
-    1/16**digits of a language, which bounds what one worker holds for one huge language."""
-    keys = [f"{lang}:{pk[len(lang) + 1 : len(lang) + 1 + digits]}" for lang, pk in zip(
-        table.column("lang").to_pylist(), table.column("pair_key").to_pylist(), strict=True)]
-    yield from _group_rows(table, keys)
-
-
-def key_by_source(table: pa.Table, digits: int):
-    """Kept rows keyed for the cap on translations: language plus a prefix of the source's key."""
-    keys = [f"{lang}:{sentence_key(src)[:digits]}" for lang, src in zip(
-        table.column("lang").to_pylist(), table.column("src_text").to_pylist(), strict=True)]
-    yield from _group_rows(table, keys)
+# -- dedupe and cap: a shuffle through spill files (beam_jobs.spill), then the table function per bucket ---
+SRC_KEY = "src_key"  # the cap's bucket column: ``sentence_key`` of the source, added before the spill
 
 
 class _DedupeFn(beam.DoFn):
     def process(self, element):
-        _, tables = element
-        winners, rejects = core.dedupe_table(pa.concat_tables(list(tables)))
+        _, files = element
+        winners, rejects = core.dedupe_table(read_bucket(files, core.KEPT_SCHEMA))
         _count_reasons(rejects)
         if rejects.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects)
-        yield winners
+        if winners.num_rows:
+            yield winners
 
 
 class Dedupe(beam.PTransform):
-    """Kept rows -> ``.kept`` (one row per normalized (language, source, target): the best by
-    ``labse_core.prepare.order_key``) and ``.rejects`` (the others: ``duplicate``, or
-    ``duplicate_existing`` when the append mode's kept corpus already holds the pair).
-    ``digits``: hex digits of the pair digest that shard a language for the shuffle."""
+    """Kept rows (one PCollection of tables, or a tuple of them) -> ``.kept`` (one row per normalized
+    (language, source, target): the best by ``labse_core.prepare.order_key``) and ``.rejects`` (the
+    others: ``duplicate``, or ``duplicate_existing`` when the append mode's kept corpus already holds
+    the pair). Rows are grouped on disk in ``folder`` by the first ``digits`` hex digits of the pair
+    digest (``16**digits`` buckets; a worker holds one bucket at a time)."""
 
-    def __init__(self, digits: int):
+    def __init__(self, folder: str | os.PathLike[str], digits: int, needed: int = 0):
         super().__init__()
-        self.digits = digits
+        self.folder, self.digits, self.needed = str(folder), digits, needed
 
     def expand(self, kept):
-        return (kept | "KeyByPair" >> beam.FlatMap(key_by_pair, self.digits)
-                | "GroupDuplicates" >> beam.GroupByKey()
+        return (kept | "SpillByPair" >> SpillGroup(os.path.join(self.folder, "dedupe"), "pair_key", self.digits,
+                                                  self.needed)
                 | "KeepFirst" >> beam.ParDo(_DedupeFn()).with_outputs(REJECTS, main="kept"))
+
+
+def with_source_key(table: pa.Table) -> pa.Table:
+    """``table`` with ``SRC_KEY``: the ``sentence_key`` of each source text (the cap's bucket)."""
+    return table.append_column(SRC_KEY, pa.array([sentence_key(s) for s in table.column("src_text").to_pylist()],
+                                                 pa.string()))
 
 
 class _CapFn(beam.DoFn):
@@ -202,25 +207,31 @@ class _CapFn(beam.DoFn):
         self.cap = cap
 
     def process(self, element):
-        _, tables = element
-        kept, dropped = core.cap_table(pa.concat_tables(list(tables)), self.cap)
+        _, files = element
+        table = read_bucket(files, core.KEPT_SCHEMA)
+        if SRC_KEY in table.column_names:
+            table = table.drop_columns([SRC_KEY])
+        kept, dropped = core.cap_table(table, self.cap)
         _count_reasons(dropped)
         if dropped.num_rows:
             yield beam.pvalue.TaggedOutput(REJECTS, dropped)
-        yield kept
+        if kept.num_rows:
+            yield kept
 
 
 class CapPerSource(beam.PTransform):
     """Kept rows -> ``.kept`` (at most ``cap`` translations of one source sentence per language, the
-    best by ``order_key``) and ``.rejects`` (the others, reason ``source_cap``)."""
+    best by ``order_key``) and ``.rejects`` (the others, reason ``source_cap``); grouped on disk in
+    ``folder`` by a prefix of the source's sentence key, as ``Dedupe`` groups by the pair's."""
 
-    def __init__(self, cap: int, digits: int):
+    def __init__(self, cap: int, folder: str | os.PathLike[str], digits: int, needed: int = 0):
         super().__init__()
-        self.cap, self.digits = cap, digits
+        self.cap, self.folder, self.digits, self.needed = cap, str(folder), digits, needed
 
     def expand(self, kept):
-        return (kept | "KeyBySource" >> beam.FlatMap(key_by_source, self.digits)
-                | "GroupBySource" >> beam.GroupByKey()
+        parts = list(kept) if isinstance(kept, tuple | list) else [kept]
+        keyed = tuple(pc | f"KeyBySource{i or ''}" >> beam.Map(with_source_key) for i, pc in enumerate(parts))
+        return (keyed | "SpillBySource" >> SpillGroup(os.path.join(self.folder, "cap"), SRC_KEY, self.digits, self.needed)
                 | "Cap" >> beam.ParDo(_CapFn(self.cap)).with_outputs(REJECTS, main="kept"))
 
 

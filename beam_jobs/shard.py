@@ -9,7 +9,7 @@
         -> shards_mlm    (lang, text, input_ids)
 
 Each pair goes to shard ``crc32(pair) % num_shards`` (balanced, stable across reruns); one
-``GroupByKey`` brings a shard's rows together and one writer emits its pairs, TLM and TFRecord files
+spill to disk (``beam_jobs.spill``) brings a shard's rows together and one writer emits its pairs, TLM and TFRecord files
 (atomic, named by shard number, so a retried bundle rewrites the same files). Beam's round-robin
 sharded sinks were not used: they restart the round robin at a random shard in every bundle, which
 left shards empty on small inputs. Row counts are checked against the stage's counters before
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from beam_jobs.counters import counters
 from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches
 from beam_jobs.options import BeamConfig
+from beam_jobs.spill import SpillGroup, SpillSentences, distinct_sentences, read_bucket, spill_folder
 from beam_jobs.vocab import _mono
 from labse_core.data.held_out import is_held_out
 from labse_core.data.masking import make_tlm_example
@@ -86,22 +88,28 @@ def _count(name: str, n: int = 1) -> None:
 class _TokenizePairsFn(beam.DoFn):
     """A batch of clean rows -> pair-shard rows (sentencepiece in C++, one call per batch and side)."""
 
-    def __init__(self, spm_model: str, max_len: int):
-        self.spm_model, self.max_len = spm_model, max_len
-
     def setup(self):
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor(model_file=self.spm_model)
 
+    def __init__(self, spm_model: str, max_len: int, num_shards: int):
+        self.spm_model, self.max_len, self.num_shards = spm_model, max_len, num_shards
+
     def process(self, rows: list[dict]):
+        """One table of the batch's pair-shard rows, with the ``shard`` each belongs to."""
         src = self.sp.encode([r["src_text"] for r in rows])
         tgt = self.sp.encode([r["tgt_text"] for r in rows])
+        out = []
         for r, s, t in zip(rows, src, tgt, strict=True):
             _count("tokenized")
             _count("truncated_sides", (len(s) > self.max_len) + (len(t) > self.max_len))
-            yield {"src_lang": r["src_lang"], "tgt_lang": r["lang"], "src_text": r["src_text"],
-                   "tgt_text": r["tgt_text"], "src_ids": s[: self.max_len], "tgt_ids": t[: self.max_len]}
+            out.append({"src_lang": r["src_lang"], "tgt_lang": r["lang"], "src_text": r["src_text"],
+                        "tgt_text": r["tgt_text"], "src_ids": s[: self.max_len], "tgt_ids": t[: self.max_len]})
+        if out:
+            shards = [key_pair_by_shard(r, self.num_shards)[0] for r in out]
+            yield pa.Table.from_pylist(out, schema=SHARD_PAIRS.file_schema).append_column(
+                "shard", pa.array(shards, pa.int64()))
 
 
 def tlm_row(pair: dict, max_len: int) -> dict:
@@ -145,9 +153,14 @@ def key_pair_by_shard(pair: dict, num_shards: int) -> tuple[int, dict]:
     return shard_of(f"{pair['tgt_lang']}\t{pair['src_text']}\t{pair['tgt_text']}", num_shards), pair
 
 
-def key_sentence_by_shard(sentence: tuple[str, str], num_shards: int) -> tuple[int, tuple[str, str]]:
-    lang, text = sentence
-    return shard_of(f"{lang}\t{text}", num_shards), sentence
+class SentenceShard:
+    """The shard of an MLM sentence (``bucket_of`` of ``beam_jobs.spill.SpillSentences``)."""
+
+    def __init__(self, num_shards: int):
+        self.num_shards = num_shards
+
+    def __call__(self, lang: str, text: str) -> int:
+        return shard_of(f"{lang}\t{text}", self.num_shards)
 
 
 def both_sides(batch: list[dict]) -> list[tuple[str, str]]:
@@ -163,7 +176,8 @@ class _WritePairShardFn(beam.DoFn):
         self.cfg, self.n, self.pairs_dir, self.tlm_dir, self.tfr_dir = cfg, n, pairs_dir, tlm_dir, tfr_dir
 
     def process(self, element):
-        shard, rows = element
+        shard, files = element  # the shard's rows, spilled (beam_jobs.spill)
+        rows = read_bucket(files, SHARD_PAIRS.file_schema).drop_columns(["shard"]).to_pylist()
         rows = sorted(rows, key=lambda r: (r["tgt_lang"], r["src_text"], r["tgt_text"]))
         name = f"{shard:05d}-of-{self.n:05d}"
         write_parquet(SHARD_PAIRS, pa.Table.from_pylist(rows, schema=SHARD_PAIRS.file_schema),
@@ -191,8 +205,8 @@ class _WriteMonoShardFn(beam.DoFn):
         self.sp = spm.SentencePieceProcessor(model_file=self.spm_model)
 
     def process(self, element):
-        shard, sentences = element
-        sentences = sorted(sentences)
+        shard = element[0]
+        sentences = distinct_sentences(element)  # sorted
         ids = self.sp.encode([text for _, text in sentences])
         rows = [{"lang": lang, "text": text, "input_ids": i[: self.max_len]}
                 for (lang, text), i in zip(sentences, ids, strict=True)]
@@ -239,14 +253,15 @@ def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
         tfr_held = new_staging(layout, "tfrecord")
         stack.callback(tfr_held.remove)  # published by then, or (an error, tfrecord off) removed
         tfr_staging = tfr_held.path
+        spill = stack.enter_context(spill_folder(layout.staging, f"shard-{uuid.uuid4().hex[:12]}"))
         with cfg.beam.pipeline() as p:
             rows = (p | "CleanFiles" >> beam.Create(files, reshuffle=True)
                     | "Read" >> beam.ParDo(ReadParquetBatches(2000)))
+            # A shard's rows meet on disk (beam_jobs.spill), not in the runner's memory.
             _ = (
                 rows
-                | "TokenizePairs" >> beam.ParDo(_TokenizePairsFn(str(spm_model), cfg.max_len))
-                | "KeyByShard" >> beam.Map(key_pair_by_shard, n_pairs)
-                | "GroupShards" >> beam.GroupByKey()
+                | "TokenizePairs" >> beam.ParDo(_TokenizePairsFn(str(spm_model), cfg.max_len, n_pairs))
+                | "GroupShards" >> SpillGroup(spill / "pairs", "shard", None)
                 | "WritePairShards" >> beam.ParDo(_WritePairShardFn(
                     cfg, n_pairs, str(writers["shards_pairs"].staging), str(writers["shards_tlm"].staging), str(tfr_staging)))
             )
@@ -257,9 +272,8 @@ def _run(cfg: ShardConfig, layout: Layout) -> ShardResult:
                 sentences.append(p | "MonoFiles" >> beam.Create([str(x) for x in cfg.mono_inputs], reshuffle=True)
                                  | "ReadMono" >> beam.FlatMap(_mono))
             if sentences:
-                _ = (sentences | "AllSentences" >> beam.Flatten() | "DistinctSentences" >> beam.Distinct()
-                     | "KeyMonoByShard" >> beam.Map(key_sentence_by_shard, n_mono)
-                     | "GroupMonoShards" >> beam.GroupByKey()
+                # distinct per shard: equal sentences share a shard
+                _ = (tuple(sentences) | "GroupMonoShards" >> SpillSentences(spill / "mlm", SentenceShard(n_mono))
                      | "WriteMonoShards" >> beam.ParDo(_WriteMonoShardFn(
                          str(spm_model), cfg.max_len, n_mono, str(writers["shards_mlm"].staging))))
         stats = counters(p.result, NAMESPACE)

@@ -1,7 +1,7 @@
 """Stage ``vocab``: a language-balanced sample of the clean corpus -> sentencepiece -> HF tokenizer.
 
     corpus_clean (both sides; English counted once per distinct sentence) [+ monolingual files]
-      -> distinct sentences per language                  (Beam: Distinct)
+      -> distinct sentences per language                  (spilled to disk by a hash bucket: beam_jobs.spill)
       -> a deterministic random sample, quota per language ~ n_l^alpha (Beam: Top.PerKey + side input)
       -> one text file per language (only the sample reaches the driver)
       -> sentencepiece unigram model + Hugging Face fast tokenizer (labse_core.vocab)
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from beam_jobs.failures import stage_failures
 from beam_jobs.io import ReadParquetBatches, WriteValue
 from beam_jobs.options import BeamConfig
+from beam_jobs.spill import SpillSentences, distinct_sentences, spill_folder
 from labse_core import vocab as core
 from labse_core.readers.mono import read_mono
 from labse_core.readers.records import MonoSentence
@@ -62,6 +64,11 @@ class VocabError(RuntimeError):
 def _priority(seed: int, lang: str, text: str) -> int:
     """A deterministic pseudo-random rank: the same corpus and seed always give the same sample."""
     return int.from_bytes(hashlib.blake2b(f"{seed}\x00{lang}\x00{text}".encode(), digest_size=8).digest(), "big")
+
+
+def sentence_bucket(lang: str, text: str, buckets: int = 256) -> int:
+    """The spill bucket of a sentence for the distinct step."""
+    return zlib.crc32(f"{lang}\t{text}".encode()) % buckets
 
 
 def _sides(rows: list[dict]):
@@ -113,7 +120,7 @@ def _run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
     counts_path = staging / "_counts.json"
     total, alpha, seed = cfg.vocab.sample_size, cfg.vocab.alpha, cfg.vocab.seed
     try:
-        with cfg.beam.pipeline() as p:
+        with spill_folder(layout.staging, f"vocab-{staging.name}") as spill, cfg.beam.pipeline() as p:
             sources = []
             if files:
                 sources.append(p | "CleanFiles" >> beam.Create(files, reshuffle=True)
@@ -121,7 +128,9 @@ def _run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
             if cfg.mono_inputs:
                 sources.append(p | "MonoFiles" >> beam.Create([str(x) for x in cfg.mono_inputs], reshuffle=True)
                                | "ReadMono" >> beam.FlatMap(_mono))
-            sentences = sources | "AllSentences" >> beam.Flatten() | "Distinct" >> beam.Distinct()
+            # Distinct through spill files (beam_jobs.spill): equal sentences share a bucket.
+            sentences = (tuple(sources) | "SpillSentences" >> SpillSentences(spill, sentence_bucket)
+                         | "Distinct" >> beam.FlatMap(distinct_sentences))
             counts = sentences | "CountPerLanguage" >> beam.combiners.Count.PerKey()
             _ = (counts | "CollectCounts" >> beam.combiners.ToDict()
                  | "WriteCounts" >> WriteValue(counts_path, json.dumps))

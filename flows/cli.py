@@ -334,8 +334,7 @@ def prepare(
             console.print(f"decontaminating against {', '.join(map(str, eval_set))} instead of the default ({default})",
                           highlight=False, markup=False)
         layout = Layout.from_env()
-        with _console_status("preparing the corpus ..."):
-            result = run(cfg, layout)
+        result = run(cfg, layout)  # its own progress line on a terminal (beam_jobs.progress)
     except ValidationError as e:
         _fail(_explain(e, {"langs": "--langs", "tsv_columns": "--tsv-columns"}))
     except (PrepareError, InputError, EmptyReplaceError, ValueError, OSError) as e:
@@ -343,7 +342,8 @@ def prepare(
     _refresh_catalog(layout)
     s = result.stats
     console.print(f"{result.input_pairs} input pairs -> {s.get('clean_new', 0)} clean + {s.get('rejected', 0)} rejected "
-                  f"in {result.seconds:.0f}s", highlight=False)
+                  f"in {result.seconds:.0f}s (spilled {result.spill_bytes / 2**20:,.0f} MiB to disk at most)",
+                  highlight=False)
     for name, n in result.replaced.items():
         if n:
             kept = "kept in the new version" if append and name == "corpus_clean" else "replaced"

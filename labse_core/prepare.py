@@ -33,7 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from labse_core import langcodes
 from labse_core.gettext_catalog import INVALID_PLURAL_FORMS, catalog_pairs, locale_from_path, read_catalog
 from labse_core.readers import records as rec
-from labse_core.readers._files import decode, iter_lines, open_bytes, strip_compression, utf8_error
+from labse_core.readers._files import (
+    decode,
+    iter_lines,
+    line_spans,
+    open_bytes,
+    strip_compression,
+    utf8_error,
+)
 from labse_core.readers.detect import detect_format
 from labse_core.readers.moses import read_moses_prefix
 from labse_core.readers.tatoeba import eval_sentences
@@ -187,9 +194,25 @@ def _gettext_rows(path: Path) -> Iterator[dict]:
             yield row
 
 
-def iter_input(spec: InputSpec) -> Iterator[dict]:
-    """Rows and rejects of one input, streamed. Raises ``ReaderError``/``CatalogError``/``PrepareError``
-    for an input that cannot be read at all (unequal Moses sides, broken XML, malformed .po)."""
+SPAN_BYTES = 16 << 20
+"""Bytes of an uncompressed TSV input read as one work item: a large file is read by every worker at
+once, and what one work item holds stays bounded (the Dask runner keeps a whole item's rows)."""
+
+Span = tuple[int, int, int]
+
+
+def input_spans(spec: InputSpec, span_bytes: int = SPAN_BYTES) -> list[Span | None]:
+    """The work items of one input: ``[None]`` (read it whole) or the ``(start, end, first line)``
+    spans of an uncompressed TSV file larger than ``span_bytes`` (``iter_input``'s ``span``)."""
+    if spec.resolved_format() == "tsv":
+        return list(line_spans(spec.path, span_bytes) or [None])
+    return [None]
+
+
+def iter_input(spec: InputSpec, span: Span | None = None) -> Iterator[dict]:
+    """Rows and rejects of one input (or of one ``span`` of a TSV input), streamed. Raises
+    ``ReaderError``/``CatalogError``/``PrepareError`` for an input that cannot be read at all
+    (unequal Moses sides, broken XML, malformed .po)."""
     fmt = spec.resolved_format()
     if fmt == "gettext":
         if skip_reason(spec) is None:
@@ -199,7 +222,8 @@ def iter_input(spec: InputSpec) -> Iterator[dict]:
         it: Iterable = read_moses_prefix(_moses_prefix(spec.path), spec.langs)
     elif fmt == "tsv":
         src, tgt = spec.langs or (None, None)
-        it = read_tsv(spec.path, TsvFormat(columns=spec.tsv_columns, header=spec.tsv_header), src_lang=src, tgt_lang=tgt)
+        it = read_tsv(spec.path, TsvFormat(columns=spec.tsv_columns, header=spec.tsv_header), src_lang=src, tgt_lang=tgt,
+                      span=span)
     elif fmt == "tmx":
         it = read_tmx(spec.path, spec.langs)
     else:  # pragma: no cover - resolved_format only returns the formats above

@@ -66,6 +66,47 @@ def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[bytes]:
         yield raw
 
 
+def read_span(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The raw lines of an uncompressed file ``f`` that start at a byte offset in ``[start, end)``
+    (``start`` at the start of a line)."""
+    f.seek(start)
+    pos = start
+    while pos < end:
+        raw = f.readline()
+        if not raw:
+            return
+        pos += len(raw)
+        yield raw
+
+
+def line_spans(path: str | os.PathLike[str], span_bytes: int) -> list[tuple[int, int, int]] | None:
+    """Split an uncompressed line-based file into ``(start, end, first line)`` spans of about
+    ``span_bytes`` each, cut at line ends, for ``read_span``; None for a gzip file or one that fits
+    in one span (read it whole). Reads the file once to number the lines."""
+    size = os.path.getsize(path)
+    if size <= span_bytes or is_gzip(path):
+        return None
+    spans = []
+    start, line = 0, 1
+    with open(path, "rb") as f:
+        while start < size:
+            end = min(start + span_bytes, size)
+            if end < size:
+                f.seek(end - 1)
+                f.readline()  # to the end of the line that holds byte end - 1
+                end = f.tell()
+            f.seek(start)
+            newlines, left = 0, end - start
+            while left:
+                block = f.read(min(left, 1 << 24))
+                newlines += block.count(b"\n")
+                left -= len(block)
+            spans.append((start, end, line))
+            line += newlines
+            start = end
+    return spans
+
+
 def count_lines(path: str | os.PathLike[str]) -> int:
     """Lines as ``iter_lines`` will yield them: newlines, plus one for a last line without one.
 

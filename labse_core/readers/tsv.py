@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from labse_core.langcodes import UnknownLanguage, normalize
-from labse_core.readers._files import decode, iter_lines, open_bytes, recover, utf8_error
+from labse_core.readers._files import decode, iter_lines, open_bytes, read_span, recover, utf8_error
 from labse_core.readers.records import (
     INVALID_UTF8,
     MALFORMED_RECORD,
@@ -63,12 +63,17 @@ def read_tsv(
     src_lang: str | None = None,
     tgt_lang: str | None = None,
     stats: Counter | None = None,
+    span: tuple[int, int, int] | None = None,
 ) -> Iterator[RawPair | ReadReject]:
     """Pairs from the ``src`` / ``tgt`` columns of each line (English oriented to ``src``).
 
     ``line`` is the 1-based line in the file (the header is line 1). ``stats`` counts ``lines``
     (records, header excluded), ``pairs`` and each reject reason. Raises ``ReaderError`` for an empty
     file, a bad header, no way to tell a side's language, or a corrupt .gz.
+
+    ``span``: ``(start, end, first line)`` of an uncompressed file: only the lines that start at a byte
+    offset in ``[start, end)`` (``line_spans`` plans them; ``first line`` is the number of the line at
+    ``start``); the header, if any, is read first whatever the span.
     """
     fmt = fmt or TsvFormat()
     stats = stats if stats is not None else Counter()
@@ -107,6 +112,11 @@ def read_tsv(
                     normalize(given)
                 except UnknownLanguage as e:
                     raise ReaderError(path, f"{side} language: {e}", 1 if fmt.header else None) from None
+        if span is not None:
+            start, end, first_line = span
+            if start > 0:
+                lineno = first_line - 1
+            lines = iter_lines(read_span(f, max(start, f.tell()), end), path)
 
         for raw in lines:
             lineno += 1
@@ -133,6 +143,8 @@ def read_tsv(
                 continue
             stats["pairs"] += 1
             yield lp.pair(fields[i_src], fields[i_tgt], origin=path, line=lineno, source="tsv")
+    if span is not None:
+        return  # a part of a file larger than one span (line_spans): not empty, and may hold the header only
     if lineno == 0:
         raise ReaderError(path, "empty file")
     if lineno == 1 and fmt.header:

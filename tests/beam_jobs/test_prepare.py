@@ -215,3 +215,42 @@ def test_raw_corpus_through_the_stage_equals_the_per_record_functions(tmp_path, 
         return Counter(r for r in rows if (r[0], sentence_key(r[2])) not in tied)
 
     assert untied(got.elements()) == untied(tuple(r.get(c) for c in clean_fields) for r in capped)
+
+
+def test_a_large_tsv_read_in_spans_by_two_workers_equals_one_whole_read(tmp_path):
+    """A TSV input larger than ``span_bytes`` is read in spans by both workers: the published clean corpus
+    and rejects (line numbers included) equal the whole-file read's; the input counts once; the dedupe's
+    spill files are gone after the run and their size is recorded; an unreadable input read in spans is
+    one message, not one per span."""
+    pairs = real_pairs()
+    lines = [f"{en}\t{de}\n" for en, de in pairs] + [f"{en}\t{de}\n" for en, de in pairs[:200]]  # duplicates
+    lines.insert(100, "only one field\n")
+    tsv = tmp_path / "big.tsv"
+    tsv.write_text("".join(lines) * 3)
+    assert tsv.stat().st_size > 2 * 65536  # three spans or more
+    fields = ("lang", "src_text", "tgt_text", "origin", "line")
+    reject_fields = ("reason", "src_text", "tgt_text", "line")
+    out = {}
+    for span_bytes in (10**9, 65536):
+        layout = Layout.from_env(tmp_path / f"home-{span_bytes}")
+        cfg = PrepareConfig(inputs=[InputSpec(path=tsv, langs=("en", "de"))], from_raw_corpus=False, eval_sets=[],
+                            span_bytes=span_bytes, beam=BeamConfig(num_workers=2))
+        result = run(cfg, layout)
+        assert result.stats["inputs_read"] == 1
+        assert result.spill_bytes > 0
+        assert not list(layout.staging.glob("*spill-*"))  # removed
+        out[span_bytes] = (_dataset_rows(layout, CLEAN_PAIRS, fields), _dataset_rows(layout, REJECTS, reject_fields),
+                           result.stats["input_pairs"])
+    whole, spans = out[10**9], out[65536]
+    assert spans == whole
+    assert whole[2] == len(lines) * 3 and sum(whole[1].values()) > 2 * len(pairs)  # every repeat a duplicate
+    assert Counter(r[0] for r in whole[1].elements())["malformed_record"] == 3
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("src\tzz-unknown\n" + "".join(lines) * 2)
+    layout = Layout.from_env(tmp_path / "home-bad")
+    cfg = PrepareConfig(inputs=[InputSpec(path=bad, tsv_header=True)], from_raw_corpus=False, eval_sets=[],
+                        span_bytes=65536, skip_bad_inputs=True, beam=IN_MEMORY)
+    with pytest.raises(PrepareError, match="every input was unreadable") as e:
+        run(cfg, layout)
+    assert "more)" not in str(e.value)  # one message for the input, not one per span

@@ -164,7 +164,7 @@ def test_dedupe_keeps_what_resolve_duplicates_keeps(processed, digits, tmp_path)
     winners, losers = _resolve_all(kept)
     assert len(losers) > 100  # the GNU tools share many messages
     with pipeline() as p:
-        out = read_kept(p, kept_files(kept, tmp_path)) | steps.Dedupe(digits)
+        out = read_kept(p, kept_files(kept, tmp_path)) | steps.Dedupe(tmp_path / "spill", digits)
         assert_that(out.kept | "KeptRows" >> beam.FlatMap(projected(KEPT)), equal_to(project(winners, KEPT)), label="Kept")
         assert_that(out[steps.REJECTS] | "RejectRows" >> beam.FlatMap(projected(REJECT)),
                     equal_to(project(losers, REJECT)), label="Rejects")
@@ -181,7 +181,7 @@ def test_dedupe_prefers_the_published_row_of_a_pair(processed, tmp_path):
     fields = [*KEPT, "existing"]
     with pipeline() as p:
         both = (read_kept(p, kept_files(published, tmp_path / "old"), "Old"), read_kept(p, kept_files(new, tmp_path / "new")))
-        out = both | beam.Flatten() | steps.Dedupe(1)
+        out = both | steps.Dedupe(tmp_path / "spill", 1)  # a tuple: each part spills in its own stage
         assert_that(out.kept | "KeptRows" >> beam.FlatMap(projected(fields)), equal_to(project(winners, fields)),
                     label="Kept")
         assert_that(out[steps.REJECTS] | "RejectRows" >> beam.FlatMap(projected(REJECT)),
@@ -204,7 +204,7 @@ def test_cap_per_source_keeps_what_cap_translations_keeps(processed, tmp_path):
         dropped += d
     assert len(dropped) > 20  # one English source, several translations across the catalogs
     with pipeline() as p:
-        out = read_kept(p, kept_files(rows, tmp_path)) | steps.CapPerSource(1, digits=1)
+        out = read_kept(p, kept_files(rows, tmp_path)) | steps.CapPerSource(1, tmp_path / "spill", digits=1)
         assert_that(out.kept | "KeptRows" >> beam.FlatMap(projected(KEPT)), equal_to(project(capped, KEPT)), label="Kept")
         assert_that(out[steps.REJECTS] | "RejectRows" >> beam.FlatMap(projected(REJECT)),
                     equal_to(project(dropped, REJECT)), label="Rejects")

@@ -411,6 +411,42 @@ def test_full_disk_fails_cleanly_and_leaves_the_lake_valid(homes, tmp_path):
     assert catalog_rows(r["reader"]) == manifest_rows(home / "lake.base")
 
 
+SPILL_FULL = textwrap.dedent("""
+    import json, os, subprocess, sys
+    spill, size, stage = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", spill], check=True)
+    r = subprocess.run(stage, capture_output=True, text=True, env=dict(os.environ, LABSE_SPILL_DIR=spill))
+    print(json.dumps({"rc": r.returncode, "stderr": r.stderr, "left": os.listdir(spill)}))
+""")
+
+
+def test_a_disk_that_fills_while_spilling_is_one_line_and_loses_nothing(homes, tmp_path):
+    """The dedupe's spill (LABSE_SPILL_DIR, a 64 KiB tmpfs here) fills: one line naming the spill folder
+    and the space the run needs (exit 2, no traceback), the published corpus unchanged, the spill and
+    staging removed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a small tmpfs in a private mount namespace")
+    home = copy_home(homes["before"], tmp_path / "home")
+    before = lake_files(home)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    stage = labse_cmd(*PREPARE, "--eval-set", str(homes["eval"]))
+    p = subprocess.run(["unshare", "-Urm", sys.executable, "-c", SPILL_FULL, str(spill), "64k", json.dumps(stage)],
+                       capture_output=True, text=True, env=labse_env(home), timeout=300)
+    if p.returncode != 0 and any(s in p.stderr for s in ("Operation not permitted", "unshare failed", "mount:")):
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip().splitlines()[-1]})")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    err = r["stderr"]
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert r["rc"] == 2, err[-3000:]
+    assert "Traceback" not in err and lines[-1].startswith("error:"), err[-3000:]
+    assert f"no space left on device while spilling to {spill}/spill-" in lines[-1], lines[-1]
+    assert re.search(r"the spill needs about [\d.]+ (GiB|MiB) free", lines[-1]), lines[-1]
+    assert lake_files(home) == before, "the published lake changed"
+    assert staging_leftovers(home) == [] and r["left"] == [], (staging_leftovers(home), r["left"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Two writers at once
 

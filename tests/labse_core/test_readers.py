@@ -233,6 +233,42 @@ def test_tsv_malformed_rows_and_invalid_utf8_are_rejects(tmp_path):
     assert "3 fields, expected 2" in recs[2].detail and recs[2].raw.endswith("\textra")
 
 
+@pytest.mark.parametrize("header", [False, True])
+def test_tsv_spans_read_exactly_what_the_whole_file_holds(tmp_path, header):
+    """A large TSV input is read in byte spans by several workers: together the spans yield every record
+    of the whole-file read once, in order, with the same line numbers and rejects (header, BOM, CRLF, a
+    blank line, a malformed line, invalid UTF-8, a last line without a newline), whatever the span size."""
+    from labse_core.readers._files import line_spans
+
+    ref = tatoeba("deu", 300)
+    rows: list[bytes] = [f"{d}\t{e}".encode() for d, e in ref]
+    rows[5] = b""
+    rows[40] = rows[40].replace(b"\t", b" ")
+    rows[77] = b"Gr\xfc\xdfe\tGreetings"
+    rows = [r + b"\r" if i % 7 == 0 else r for i, r in enumerate(rows)]  # some CRLF line ends
+    body = (b"de\ten\n" if header else b"") + b"\n".join(rows)  # no newline after the last line
+    path = tmp_path / "big.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    fmt = TsvFormat(header=header)
+    langs = {} if header else {"src_lang": "de", "tgt_lang": "en"}
+
+    def key(r):
+        return (r.line, r.reason, r.raw) if isinstance(r, ReadReject) else (r.line, r.src_text, r.tgt_text)
+
+    whole = [key(r) for r in read_tsv(path, fmt, **langs)]
+    assert len(whole) == 300 and whole[0][0] == (2 if header else 1)
+    assert line_spans(path, 10**9) is None  # fits in one span: read whole
+    for span_bytes in (1, 100, 997, 4096):
+        spans = line_spans(path, span_bytes)
+        assert spans[0][:1] == (0,) and spans[-1][1] == path.stat().st_size
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous, no overlap
+        got = [key(r) for span in spans for r in read_tsv(path, fmt, **langs, span=span)]
+        assert got == whole, span_bytes
+    gz = tmp_path / "big.tsv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert line_spans(gz, 100) is None  # a gzip stream cannot be entered mid-way: read whole
+
+
 def test_tsv_quoting_mode(tmp_path):
     path = write_lines(tmp_path / "q.tsv", ['"Tab\there"\t"Er sagte ""hallo""."', '"unclosed\tx'])
     recs = list(read_tsv(path, TsvFormat(quoting=True), src_lang="en", tgt_lang="de"))

@@ -31,10 +31,10 @@ class DaskRunner(BeamDaskRunner):
     thread each) started for the run and closed after it. Beam's overrides and its translations of
     ``Create``/``Flatten`` are kept; ParDo, GroupByKey, side inputs and the graph's outputs are ours."""
 
-    def __init__(self, local_workers: int = 2):
+    def __init__(self, local_workers: int = 2, memory_limit: str | None = "2GiB"):
         check_beam_version()
         super().__init__()
-        self.local_workers = local_workers
+        self.local_workers, self.memory_limit = local_workers, memory_limit
 
     def run_pipeline(self, pipeline, options):
         import dask.bag as db
@@ -57,6 +57,7 @@ class DaskRunner(BeamDaskRunner):
                 logging.getLogger("distributed").setLevel(logging.WARNING)
             cluster = ddist.LocalCluster(n_workers=self.local_workers, threads_per_worker=1, processes=True,
                                          dashboard_address=":0", silence_logs=logging.ERROR,
+                                         memory_limit=self.memory_limit or "auto",
                                          preload=["beam_jobs.worker"])
             dask_options["address"] = cluster
         try:
