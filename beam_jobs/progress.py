@@ -62,7 +62,7 @@ def watch(folder: Path, desc: str, interval: float = 0.5) -> Iterator[Seen]:
     """While the body runs: a progress line on a terminal (stderr), the spill's peak size always."""
     from tqdm import tqdm
 
-    from beam_jobs.spill import folder_bytes
+    from beam_jobs.spill import _size, folder_bytes
 
     seen = Seen()
     stop = threading.Event()
