@@ -8,6 +8,11 @@
     WriteClean / WriteRejects   clean rows by language, rejects by reason   (beam_jobs.io.WritePartitionedTables)
     WriteErrors                 the unreadable inputs, for the driver       (beam_jobs.io.WriteValue)
 
+Nothing the size of the corpus passes through the runner's memory: the dedupe and the cap group rows
+through spill files (``beam_jobs.spill``, under ``$LABSE_SPILL_DIR`` or the lake's staging area, removed
+at the end), rejects are written in the stage that makes them, a large TSV input is read in spans by
+every worker; on a terminal, ``beam_jobs.progress`` shows pairs read per second, kept and rejected.
+
 The driver then checks the counters (``input pairs == clean + rejected``; each dataset's files hold
 exactly what was counted), writes both manifests (they record the counters) and publishes both
 datasets together, or nothing. ``mode="append"`` dedupes new input against the clean corpus already
@@ -81,7 +86,7 @@ class PrepareConfig(BaseModel):
         None, ge=0, le=4,
         description="Hex digits of the pair digest that bucket the corpus for the dedupe (and cap), which "
         "groups it on disk: 16**n buckets, one held by a worker at a time. None: from the input's size "
-        "(2 up to ~50 M pairs, then 3, 4).",
+        "(2 up to ~6 GiB of input, then 3, 4).",
     )
     span_bytes: int = Field(
         core.SPAN_BYTES, ge=1 << 16,

@@ -244,8 +244,15 @@ def spill_folder(parent: Path, name: str) -> Iterator[Path]:
     removed by the next command's ``recover`` (in the lake) or by the next spill in the same folder."""
     from storage.publish import StagingDir, _lock_path, _try_lock
 
-    root = Path(os.environ.get("LABSE_SPILL_DIR") or parent)
-    root.mkdir(parents=True, exist_ok=True)
+    setting = os.environ.get("LABSE_SPILL_DIR")
+    root = Path(setting or parent)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as e:
+        where = f"LABSE_SPILL_DIR={setting}" if setting else str(root)
+        raise OSError(e.errno, f"{where}: cannot write the spill files there ({e.strerror})") from None
     for old in root.glob("spill-*"):  # runs that died: their lock is free
         fd = _try_lock(_lock_path(old)) if old.is_dir() else None
         if fd is not None:

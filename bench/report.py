@@ -303,6 +303,40 @@ def mine_e2e(stem: str, r: dict[str, Any]) -> list[str]:
     ]
 
 
+def prepare_scale(stem: str, r: dict[str, Any]) -> list[str]:
+    m = r["metrics"]
+    rows = []
+    for e in m["runs"].values():
+        rows.append([e["runner"], _size(e["pairs"]), _n(e["wall_s"], 0), _n(e["pairs"] / e["wall_s"], 0),
+                     _n(e["cpu_s"], 0), _gib(e["peak_tree_rss_mb"] / 1024), _gib(e["peak_rss_mb"] / 1024),
+                     _gib(e["spill_peak_bytes"] / 2**30), f"{e['clean']['rows']:,}", "yes" if e["flags"] else "no"])
+    out = _table(["runner", "pairs", "wall s", "pairs/s", "CPU-s", "peak RSS GiB (process tree)",
+                  "peak RSS GiB (largest process)", "spill GiB", "clean pairs", "flagged"],
+                 rows, [False, True, True, True, True, True, True, True, True, False])
+    goals = m["goals"]
+    out.append("")
+    for runner, g in m["summary"].items():
+        if runner == "equal_outputs":
+            continue
+        a, b = _size(g["sizes"][0]), _size(g["sizes"][-1])
+        out.append(
+            f"- {runner}: peak RSS <= {goals['peak_tree_gib']:.0f} GiB at every size: "
+            f"{'met' if g['meets_peak'] else 'missed'} ({g['peak_tree_gib_max']:.2f}); {b} within "
+            f"{(goals['flat_within'] - 1) * 100:.0f}% of {a}: memory {_ratio(g['peak_flat_ratio'])} "
+            f"({'met' if g['meets_flat'] else 'missed'}), throughput {_ratio(g['throughput_ratio'])} at "
+            f"{g['pairs_per_s_largest']:,.0f} pairs/s (>= {goals['pairs_per_s']:,} pairs/s: "
+            f"{'met' if g['meets_throughput'] else 'missed'}).")
+    same = m["summary"]["equal_outputs"]
+    out.append("- The runners' clean corpora (order-free digest of every row): "
+               + ", ".join(f"{_size(int(n))} {'equal' if ok else 'DIFFERENT'}" for n, ok in sorted(
+                   same.items(), key=lambda kv: int(kv[0]))) + ".")
+    runs = list(m["runs"].values())
+    flagged = [e for e in runs if e["flags"]]
+    foreign = max((e["foreign_load"] or 0.0) for e in runs)
+    out.append(f"- {len(flagged)} of {len(runs)} runs flagged for load; other processes at <= {foreign:.2f} cores.")
+    return out + ["", _source(stem, r)]
+
+
 MINE_METHODS = {"ours-flat": "ours, flat index", "laser": "LASER recipe", "brute": "numpy brute force"}
 
 
@@ -524,6 +558,7 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "encode_bench": encode_bench,
     "precision_quality": precision_quality,
     "mine_e2e": mine_e2e,
+    "prepare_scale": prepare_scale,
     "mine_bench": mine_bench,
     "serve_load": serve_load,
     "docs_mining": docs_mining,

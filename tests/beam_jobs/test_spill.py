@@ -75,6 +75,11 @@ def test_spill_folder_is_removed_however_the_run_ends(tmp_path, monkeypatch):
     with spill.spill_folder(tmp_path / "staging", "run2") as folder:
         assert folder.parent == tmp_path / "elsewhere" and not dead.exists()
     assert not folder.exists()
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LABSE_SPILL_DIR", str(tmp_path / "a-file" / "spill"))
+    with pytest.raises(OSError, match=f"^.*LABSE_SPILL_DIR={tmp_path}/a-file/spill: cannot write the spill files there"):
+        with spill.spill_folder(tmp_path / "staging", "run3"):
+            pass
 
 
 def test_a_full_disk_while_spilling_is_one_line_naming_the_folder_and_the_space(tmp_path, monkeypatch):

@@ -381,6 +381,22 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+def _with_a_small_tmpfs(home: Path, script: str, *args: str) -> tuple[dict, str, list[str]]:
+    """Run ``script`` (it mounts a small tmpfs, runs the stage, prints a JSON line) in a private mount
+    namespace; the stage's result, its stderr and stderr's non-blank lines. The stage must have failed
+    with exit code 2. -U maps this user to root in a new user namespace (no privilege needed), -m gives a
+    private mount namespace: the tmpfs exists for this check only, whoever runs the suite."""
+    p = subprocess.run(["unshare", "-Urm", sys.executable, "-c", script, *args], capture_output=True, text=True,
+                       env=labse_env(home), timeout=300)
+    if p.returncode != 0 and any(s in p.stderr for s in ("Operation not permitted", "unshare failed", "mount:")):
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip().splitlines()[-1]})")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    err = r["stderr"]
+    assert r["rc"] == 2, err[-3000:]
+    return r, err, [x for x in err.splitlines() if x.strip()]
+
+
 def test_full_disk_fails_cleanly_and_leaves_the_lake_valid(homes, tmp_path):
     """`labse prepare` on a lake (a small tmpfs) with ~100 KB free: a one-line error naming the lake and the
     full disk (exit 2, no traceback), the previous version byte-identical, staging cleaned, the catalog reads it."""
@@ -391,18 +407,7 @@ def test_full_disk_fails_cleanly_and_leaves_the_lake_valid(homes, tmp_path):
     (home / "lake").mkdir()
     stage = labse_cmd(*PREPARE, "--eval-set", str(homes["eval"]))
     reader = labse_cmd(*READER)
-    # -U maps this user to root in a new user namespace (no privilege needed), -m gives a private mount
-    # namespace: the tmpfs exists for this check only, whoever runs the suite.
-    p = subprocess.run(["unshare", "-Urm", sys.executable, "-c", FULL_DISK, str(home), str(96 * 1024),
-                        json.dumps(stage), json.dumps(reader)], capture_output=True, text=True,
-                       env=labse_env(home), timeout=300)
-    if p.returncode != 0 and any(s in p.stderr for s in ("Operation not permitted", "unshare failed", "mount:")):
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip().splitlines()[-1]})")
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
-    err = r["stderr"]
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert r["rc"] == 2, err[-3000:]
+    r, err, lines = _with_a_small_tmpfs(home, FULL_DISK, str(home), str(96 * 1024), json.dumps(stage), json.dumps(reader))
     assert "Traceback" not in err and lines[-1].startswith("error:") and "no space left" in lines[-1].lower(), err[:3000]
     assert str(home / "lake") in lines[-1], lines[-1]  # names where it ran out
     assert r["intact"], "the published lake changed"
@@ -431,15 +436,7 @@ def test_a_disk_that_fills_while_spilling_is_one_line_and_loses_nothing(homes, t
     spill = tmp_path / "spill"
     spill.mkdir()
     stage = labse_cmd(*PREPARE, "--eval-set", str(homes["eval"]))
-    p = subprocess.run(["unshare", "-Urm", sys.executable, "-c", SPILL_FULL, str(spill), "64k", json.dumps(stage)],
-                       capture_output=True, text=True, env=labse_env(home), timeout=300)
-    if p.returncode != 0 and any(s in p.stderr for s in ("Operation not permitted", "unshare failed", "mount:")):
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip().splitlines()[-1]})")
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
-    err = r["stderr"]
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert r["rc"] == 2, err[-3000:]
+    r, err, lines = _with_a_small_tmpfs(home, SPILL_FULL, str(spill), "64k", json.dumps(stage))
     assert "Traceback" not in err and lines[-1].startswith("error:"), err[-3000:]
     assert f"no space left on device while spilling to {spill}/spill-" in lines[-1], lines[-1]
     assert re.search(r"the spill needs about [\d.]+ (GiB|MiB) free", lines[-1]), lines[-1]
