@@ -1,8 +1,9 @@
 """Stage ``prepare``: corpora -> ``corpus_clean`` + ``corpus_rejects``, every pair accounted for.
 
     Prepare (PreparePairs, the composites of beam_jobs.prepare_transforms):
-      Read             corpus_raw and/or files: gettext, Moses, TSV, TMX   -> batches (+ errors: unreadable inputs)
-      NormalizeFilter  normalize -> eval_overlap -> filters                 -> kept (+ rejects)
+      ReadNormalizeFilter (one step: ReadPairs, then NormalizeFilter on each batch)
+        read           corpus_raw and/or files: gettext, Moses, TSV, TMX   -> batches (+ errors: unreadable inputs)
+        normalize      normalize -> eval_overlap -> filters                 -> kept (+ rejects)
       Dedupe           one row per normalized pair and language             -> kept (+ rejects: duplicate)
       CapPerSource     optional cap on translations per source              -> kept (+ rejects: source_cap)
     WriteClean / WriteRejects   clean rows by language, rejects by reason   (beam_jobs.io.WritePartitionedTables)
@@ -117,7 +118,7 @@ class PrepareError(RuntimeError):
 class PreparePairs(beam.PTransform):
     """The stage's whole graph: pipeline start -> ``{"clean": ..., "rejects": ..., "errors": ...}``.
 
-    ``ReadPairs | NormalizeFilter`` (+ the lake's clean corpus in append mode) ``| Dedupe | CapPerSource``;
+    ``ReadNormalizeFilter`` (+ the lake's clean corpus in append mode) ``| Dedupe | CapPerSource``;
     the rejects of every step (+ the lake's rejects in append mode), and the unreadable inputs' messages.
     ``raw_files``/``existing_clean``/``existing_rejects``: Parquet files to read; ``spill``: the folder
     of the dedupe's and the cap's spill files (``beam_jobs.spill``). "clean" and "rejects" are tuples of
@@ -136,9 +137,9 @@ class PreparePairs(beam.PTransform):
 
     def expand(self, pbegin):
         cfg, folder, digits, needed = self.cfg, str(self.spill), self.digits, self.spill_bytes
-        read = pbegin | "Read" >> steps.ReadPairs(self.raw_files, cfg.inputs, cfg.batch_size, cfg.span_bytes)
-        processed = read["batches"] | "NormalizeFilter" >> steps.NormalizeFilter(cfg.rules, [str(x) for x in cfg.eval_sets],
-                                                                                folder)
+        processed = pbegin | "ReadNormalizeFilter" >> steps.ReadNormalizeFilter(
+            self.raw_files, cfg.inputs, cfg.batch_size, cfg.rules, [str(x) for x in cfg.eval_sets], cfg.span_bytes,
+            folder)
         kept, rejects = [processed.kept], [processed[steps.REJECTS]]
         if self.existing_clean:
             kept.append(pbegin | "ReadOldClean" >> steps.ReadLakeTables(self.existing_clean, cfg.batch_size,
@@ -158,7 +159,7 @@ class PreparePairs(beam.PTransform):
         # Tuples, not flattened: each part is written in the stage that makes it.
         return {"clean": tuple(pc | f"CountClean{i or ''}" >> beam.Map(steps.count_clean) for i, pc in enumerate(kept)),
                 "rejects": tuple(rejects),
-                "errors": read["errors"]}
+                "errors": processed[steps.ERRORS]}
 
 
 def input_bytes(cfg: PrepareConfig, parquet_files: Sequence[str]) -> int:

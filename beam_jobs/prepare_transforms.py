@@ -3,12 +3,14 @@
     ReadPairs        corpus_raw files + input files -> batches of pairs      (+ tagged ``errors``: unreadable inputs)
     ReadLakeTables   a published dataset's files -> tables in a given schema (append mode: the kept corpus)
     NormalizeFilter  batches -> kept rows                                    (+ tagged ``rejects``: filters, eval overlap)
+    ReadNormalizeFilter  the two above as one step (what the stage runs: no runner holds the read batches)
     Dedupe           kept rows -> one row per normalized pair and language   (+ tagged ``rejects``: duplicates)
     CapPerSource     kept rows -> at most ``cap`` translations per source    (+ tagged ``rejects``: source_cap)
 
 Elements are Arrow tables of up to ``batch_size`` rows (kept rows in ``labse_core.prepare.KEPT_SCHEMA``,
 rejects in ``REJECT_SCHEMA``), or lists of row dicts straight from a reader, not one element per pair:
-the runner moves a few hundred elements per language, and each step works on columns. The decisions
+the runner moves a few hundred elements per language, and each step works on columns. Large TSV inputs
+are read in spans (work items), the dedupe and the cap group rows through spill files (``beam_jobs.spill``). The decisions
 are the per-record functions of ``labse_core.prepare`` (``process_batch``, ``resolve_duplicates``,
 ``cap_translations``); ``tests/beam_jobs/test_prepare_transforms.py`` checks each composite against them.
 
@@ -162,6 +164,45 @@ class NormalizeFilter(beam.PTransform):
     def expand(self, batches):
         fn = _ProcessBatchFn(self.rules, self.eval_sets, self.progress_dir)
         return batches | "Process" >> beam.ParDo(fn).with_outputs(REJECTS, main="kept")
+
+
+# -- read + normalize + filter in one step ---------------------------------------------------------
+class _ReadNormalizeFn(beam.DoFn):
+    """``_ReadFn`` then ``_ProcessBatchFn`` on each batch, in one step: a batch of read pairs is
+    normalized and filtered as soon as it is read, so no runner holds the read pairs between two steps
+    (the Dask runner keeps a step's whole output per work item). Outputs: kept (main), ``rejects``,
+    ``errors``."""
+
+    def __init__(self, batch_size: int, rules: core.PrepareRules, eval_sets: list[str], progress_dir: str | None):
+        self.read = _ReadFn(batch_size)
+        self.normalize = _ProcessBatchFn(rules, eval_sets, progress_dir)
+
+    def setup(self):
+        self.normalize.setup()
+
+    def process(self, item):
+        for batch in self.read.process(item):
+            if isinstance(batch, beam.pvalue.TaggedOutput):
+                yield batch
+            else:
+                yield from self.normalize.process(batch)
+
+
+class ReadNormalizeFilter(beam.PTransform):
+    """``ReadPairs | NormalizeFilter`` as one step: pipeline start -> ``.kept``, ``.rejects``, ``.errors``."""
+
+    def __init__(self, raw_files: list[str], inputs: list[core.InputSpec], batch_size: int,
+                 rules: core.PrepareRules, eval_sets: list[str], span_bytes: int = core.SPAN_BYTES,
+                 progress_dir: str | None = None):
+        super().__init__()
+        if not raw_files and not inputs:
+            raise ValueError("ReadNormalizeFilter: no corpus_raw files and no input files to read")
+        self.items = work_items(raw_files, inputs, span_bytes)
+        self.fn = _ReadNormalizeFn(batch_size, rules, eval_sets, progress_dir)
+
+    def expand(self, pbegin):
+        return (pbegin | "WorkItems" >> beam.Create(self.items, reshuffle=True)
+                | "ReadNormalize" >> beam.ParDo(self.fn).with_outputs(REJECTS, ERRORS, main="kept"))
 
 
 # -- dedupe and cap: a shuffle through spill files (beam_jobs.spill), then the table function per bucket ---

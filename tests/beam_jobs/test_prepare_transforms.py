@@ -219,3 +219,36 @@ def test_write_value_writes_one_file_for_the_driver(tmp_path):
             tmp_path / "none.txt", sorted_lines)
     assert (tmp_path / "errors.txt").read_text() == "a: unreadable\nb: broken"
     assert (tmp_path / "none.txt").read_text() == ""
+
+
+def test_read_normalize_filter_in_one_step_equals_the_two_steps(tmp_path, eval_file):
+    """The stage's fused step gives what ReadPairs | NormalizeFilter give: kept rows, rejects (reader
+    rejects included), the unreadable input's message, the same counters."""
+    specs = [InputSpec(path=LOCALE_ROOT / c) for c in CATALOGS if (LOCALE_ROOT / c).exists()]
+    tsv = tmp_path / "ui.tsv"
+    tsv.write_text("Open file\tDatei öffnen\n" * 3 + "only one field\n")
+    bad = tmp_path / "bad.tmx"
+    bad.write_text('<tmx><body><tu><tuv xml:lang="en"><seg>Hi</seg></tuv>\n</body></tmx>')
+    inputs = [*specs, InputSpec(path=tsv, langs=("en", "de")), InputSpec(path=bad, langs=("en", "de"))]
+    rules, sets = core.PrepareRules(), [str(eval_file)]
+    results = []
+    for fused in (False, True):
+        with pipeline() as p:
+            if fused:
+                out = p | steps.ReadNormalizeFilter([], inputs, 300, rules, sets)
+                kept, rejects, errors = out.kept, out[steps.REJECTS], out[steps.ERRORS]
+            else:
+                read = p | steps.ReadPairs([], inputs, 300)
+                processed = read["batches"] | steps.NormalizeFilter(rules, sets)
+                kept, rejects, errors = processed.kept, processed[steps.REJECTS], read["errors"]
+            _ = (kept | "K" >> beam.FlatMap(projected(KEPT)) | "KL" >> beam.combiners.ToList()
+                 | "KW" >> WriteValue(tmp_path / f"kept-{fused}.txt", sorted_lines))
+            _ = (rejects | "R" >> beam.FlatMap(projected(REJECT)) | "RL" >> beam.combiners.ToList()
+                 | "RW" >> WriteValue(tmp_path / f"rejects-{fused}.txt", sorted_lines))
+            _ = errors | "EL" >> beam.combiners.ToList() | "EW" >> WriteValue(tmp_path / f"errors-{fused}.txt", sorted_lines)
+        results.append(([(tmp_path / f"{n}-{fused}.txt").read_text() for n in ("kept", "rejects", "errors")],
+                        counters(p.result, steps.NAMESPACE)))
+    assert results[0] == results[1]
+    (kept, rejects, errors), stats = results[1]
+    assert kept and rejects and "bad.tmx" in errors
+    assert stats["inputs_unreadable"] == 1 and stats["rejected.malformed_record"] == 1
