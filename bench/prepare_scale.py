@@ -112,11 +112,12 @@ def summarize(entries: dict) -> dict:
             "meets_flat": last["peak_tree_rss_mb"] / first["peak_tree_rss_mb"] <= GOAL_FLAT,
             "meets_throughput": rate1 / rate0 >= 1 / GOAL_FLAT and rate1 >= GOAL_PAIRS_PER_S,
         }
-    same = {}
+    by_size: dict[str, dict[str, str]] = {}
     for key, e in entries.items():
-        n = key.split("@")[1]
-        same.setdefault(n, set()).add(e["clean"]["digest"])
-    out["equal_outputs"] = {n: len(d) == 1 for n, d in same.items()}
+        runner, n = key.split("@")
+        by_size.setdefault(n, {})[runner] = e["clean"]["digest"]
+    out["equal_outputs"] = {n: {"runners": sorted(d), "equal": len(set(d.values())) == 1}
+                            for n, d in by_size.items()}
     return out
 
 

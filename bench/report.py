@@ -327,9 +327,14 @@ def prepare_scale(stem: str, r: dict[str, Any]) -> list[str]:
             f"{g['pairs_per_s_largest']:,.0f} pairs/s (>= {goals['pairs_per_s']:,} pairs/s: "
             f"{'met' if g['meets_throughput'] else 'missed'}).")
     same = m["summary"]["equal_outputs"]
+    def verdict(d: dict[str, Any]) -> str:
+        if len(d["runners"]) < 2:
+            return f"{d['runners'][0]} only"
+        return "equal" if d["equal"] else "DIFFERENT"
+
     out.append("- The runners' clean corpora (order-free digest of every row): "
-               + ", ".join(f"{_size(int(n))} {'equal' if ok else 'DIFFERENT'}" for n, ok in sorted(
-                   same.items(), key=lambda kv: int(kv[0]))) + ".")
+               + ", ".join(f"{_size(int(n))} {verdict(d)}" for n, d in sorted(same.items(), key=lambda kv: int(kv[0])))
+               + ".")
     runs = list(m["runs"].values())
     flagged = [e for e in runs if e["flags"]]
     foreign = max((e["foreign_load"] or 0.0) for e in runs)
