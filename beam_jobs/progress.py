@@ -66,7 +66,7 @@ def watch(folder: Path, desc: str, interval: float = 0.5) -> Iterator[Seen]:
 
     seen = Seen()
     stop = threading.Event()
-    bar = tqdm(desc=desc, unit=" pairs", unit_scale=True, disable=None if sys.stderr.isatty() else True,
+    bar = tqdm(desc=desc, unit=" pairs", unit_scale=True, disable=not sys.stderr.isatty(),
                file=sys.stderr, leave=False)
 
     def poll() -> None:

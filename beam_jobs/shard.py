@@ -88,13 +88,13 @@ def _count(name: str, n: int = 1) -> None:
 class _TokenizePairsFn(beam.DoFn):
     """A batch of clean rows -> pair-shard rows (sentencepiece in C++, one call per batch and side)."""
 
+    def __init__(self, spm_model: str, max_len: int, num_shards: int):
+        self.spm_model, self.max_len, self.num_shards = spm_model, max_len, num_shards
+
     def setup(self):
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor(model_file=self.spm_model)
-
-    def __init__(self, spm_model: str, max_len: int, num_shards: int):
-        self.spm_model, self.max_len, self.num_shards = spm_model, max_len, num_shards
 
     def process(self, rows: list[dict]):
         """One table of the batch's pair-shard rows, with the ``shard`` each belongs to."""
@@ -107,7 +107,7 @@ class _TokenizePairsFn(beam.DoFn):
             out.append({"src_lang": r["src_lang"], "tgt_lang": r["lang"], "src_text": r["src_text"],
                         "tgt_text": r["tgt_text"], "src_ids": s[: self.max_len], "tgt_ids": t[: self.max_len]})
         if out:
-            shards = [key_pair_by_shard(r, self.num_shards)[0] for r in out]
+            shards = [pair_shard(r, self.num_shards) for r in out]
             yield pa.Table.from_pylist(out, schema=SHARD_PAIRS.file_schema).append_column(
                 "shard", pa.array(shards, pa.int64()))
 
@@ -149,8 +149,8 @@ def shard_of(text: str, num_shards: int) -> int:
     return zlib.crc32(text.encode()) % num_shards
 
 
-def key_pair_by_shard(pair: dict, num_shards: int) -> tuple[int, dict]:
-    return shard_of(f"{pair['tgt_lang']}\t{pair['src_text']}\t{pair['tgt_text']}", num_shards), pair
+def pair_shard(pair: dict, num_shards: int) -> int:
+    return shard_of(f"{pair['tgt_lang']}\t{pair['src_text']}\t{pair['tgt_text']}", num_shards)
 
 
 class SentenceShard:

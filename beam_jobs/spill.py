@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,7 +241,7 @@ def spill_folder(parent: Path, name: str) -> Iterator[Path]:
     (the lake's staging area), removed when the run ends, however it ends. It is a locked staging folder
     (``storage.publish.StagingDir``): the folder of a run killed outright (SIGKILL, no ``finally``) is
     removed by the next command's ``recover`` (in the lake) or by the next spill in the same folder."""
-    from storage.publish import StagingDir, _lock_path, _try_lock
+    from storage.publish import StagingDir, sweep_dead
 
     setting = os.environ.get("LABSE_SPILL_DIR")
     root = Path(setting or parent)
@@ -253,12 +252,7 @@ def spill_folder(parent: Path, name: str) -> Iterator[Path]:
     except OSError as e:
         where = f"LABSE_SPILL_DIR={setting}" if setting else str(root)
         raise OSError(e.errno, f"{where}: cannot write the spill files there ({e.strerror})") from None
-    for old in root.glob("spill-*"):  # runs that died: their lock is free
-        fd = _try_lock(_lock_path(old)) if old.is_dir() else None
-        if fd is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            _lock_path(old).unlink(missing_ok=True)
-            os.close(fd)
+    sweep_dead(root, "spill-*")  # runs that died: their lock is free
     held = StagingDir(root / f"spill-{name}")
     try:
         yield held.create()

@@ -120,7 +120,7 @@ def _run(cfg: VocabStageConfig, layout: Layout) -> VocabResult:
     counts_path = staging / "_counts.json"
     total, alpha, seed = cfg.vocab.sample_size, cfg.vocab.alpha, cfg.vocab.seed
     try:
-        with spill_folder(layout.staging, f"vocab-{staging.name}") as spill, cfg.beam.pipeline() as p:
+        with spill_folder(layout.staging, staging.name) as spill, cfg.beam.pipeline() as p:
             sources = []
             if files:
                 sources.append(p | "CleanFiles" >> beam.Create(files, reshuffle=True)

@@ -190,7 +190,13 @@ def recover(layout: Layout) -> list[str]:
 
 def sweep_staging(layout: Layout) -> None:
     """Remove staging folders (and their ``.old`` companions) whose writer is gone."""
-    for path in sorted(layout.staging.iterdir()):
+    sweep_dead(layout.staging)
+
+
+def sweep_dead(folder: Path, pattern: str = "*") -> None:
+    """Remove the ``StagingDir`` folders in ``folder`` named like ``pattern`` (and their ``.old``
+    companions) whose writer is gone (their lock is free)."""
+    for path in sorted(folder.glob(pattern)):
         if path.name.startswith(".") or not path.is_dir():
             continue
         base = path.with_name(path.name.removesuffix(".old"))

@@ -99,6 +99,8 @@ def line_spans(path: str | os.PathLike[str], span_bytes: int) -> list[tuple[int,
             newlines, left = 0, end - start
             while left:
                 block = f.read(min(left, 1 << 24))
+                if not block:  # the file shrank meanwhile: the reader will see where it ends
+                    break
                 newlines += block.count(b"\n")
                 left -= len(block)
             spans.append((start, end, line))
