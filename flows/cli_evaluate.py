@@ -216,7 +216,8 @@ def docs(
 
 def mine(
     src: Annotated[str, typer.Option(help="Source sentences: text file (one per line), .parquet (text column), "
-                                           "DATASET:COLUMN[:LANG] (e.g. corpus_clean:tgt_text:de) or precomputed .npy.")],
+                                           "DATASET:COLUMN[:LANG] (e.g. corpus_clean:tgt_text:de), precomputed .npy, or a "
+                                           "folder of documents (HTML, text, man pages; .gz too), cut into sentences.")],
     tgt: Annotated[str, typer.Option(help="Target sentences, as --src.")],
     src_lang: Annotated[str, typer.Option("--src-lang", help="Language of --src (e.g. de).")],
     tgt_lang: Annotated[str, typer.Option("--tgt-lang", help="Language of --tgt (e.g. en).")],
@@ -242,6 +243,12 @@ def mine(
     batch_size: Annotated[int, typer.Option(help="Sentences per encoder batch.")] = 64,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     keep_embeddings: Annotated[bool, typer.Option("--keep-embeddings", help="Keep the .npy shards under the run folder.")] = False,
+    document_calibration: Annotated[str, typer.Option("--document-calibration", help="As --calibration, for two "
+                                                      "folders mined within their document pairs (default none: 1.06 "
+                                                      "for ratio; most candidates there are translations).")] = "none",
+    pair_docs: Annotated[str, typer.Option("--pair-docs", help="Two document folders: name (mine within the documents "
+                                           "of the same name or canonical URL), all (across all documents), or a TSV "
+                                           "file of source<TAB>target document ids or URLs.")] = "name",
 ) -> None:
     """Mine bitext from two monolingual inputs with the margin criterion (pairs -> dataset `mined`)."""
     from flows.evaluate import MineRunConfig, run_mine
@@ -252,7 +259,7 @@ def mine(
     with _one_line_errors(MiningInputError, UnknownLanguage, ValueError, OSError):
         mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, calibration=calibration, index=index,
                           flat_max=flat_max, nprobe=nprobe, chunk_size=chunk_size, shard_dtype=shard_dtype,
-                          filter=not no_filter)
+                          filter=not no_filter, pair_docs=pair_docs, document_calibration=document_calibration)
         cfg = MineRunConfig(src=src, tgt=tgt, src_lang=src_lang, tgt_lang=tgt_lang, model=model, src_text=src_text,
                             tgt_text=tgt_text, column=column, mine=mcfg, threshold_from=threshold_from,
                             batch_size=batch_size, precision=precision, keep_embeddings=keep_embeddings)
@@ -263,11 +270,19 @@ def mine(
                   f"{s['precision'] or 'of the precomputed embeddings'}): "
                   f"{s['candidates']:,} pairs scored >= {num(s['threshold'])}, {s['kept']:,} kept after the filters "
                   f"(dropped: {s['dropped'] or 'none'})")
+    for side, d in s.get("documents", {}).items():
+        if isinstance(d, dict):
+            rejected = ", ".join(f"{n} {why}" for why, n in d["rejected"].items()) or "none"
+            console.print(f"{side}: {d['documents']:,} documents read (rejected: {rejected})", highlight=False)
+    if "document_pairs" in s.get("documents", {}):
+        console.print(f"mined within {s['documents']['document_pairs']:,} document pairs", highlight=False)
     reused = sum(c.get("reused", 0) for c in s["embedding_chunks"].values())
     if reused:  # a rerun of a killed run (labse_core.mining.resume)
         console.print(f"resumed: {reused} embedding chunks reused from the interrupted run {report.run_id}, "
                       f"{sum(c.get('embedded', 0) for c in s['embedding_chunks'].values())} embedded", highlight=False)
-    if s["threshold_method"] == "fallback":
+    if s["threshold_method"] == "fallback" and "document pairs" in str(s.get("threshold_detail", {}).get("why")):
+        console.print(f"threshold {s['threshold']:.4f}: {s['threshold_source']}", highlight=False)
+    elif s["threshold_method"] == "fallback":
         console.print(f"[yellow]threshold {s['threshold']:.4f}:[/] {s['threshold_source']}; give --threshold if the "
                       "inputs hold few translations", highlight=False)
     elif s["threshold_method"] != "given":

@@ -21,7 +21,7 @@ from typing import Any
 
 from storage.layout import Layout
 
-TRAINING_DEPLOYMENTS = {"labse-pipeline", "labse-pretrain", "labse-finetune", "scheduled-retrain"}
+TRAINING_DEPLOYMENTS = {"labse-pipeline", "labse-pretrain", "labse-finetune", "scheduled-retrain", "labse-nmt-check"}
 
 
 class EmitError(Exception):

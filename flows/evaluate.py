@@ -271,6 +271,10 @@ def mined_table(rows, *, src_lang: str, tgt_lang: str, mode: str, src_origin: st
         "precision": pa.array([precision] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
         "created_at": pa.array([created_at] * n, pa.timestamp("us", tz="UTC")),
+        "src_doc": pa.array([r.src_doc for r in rows], pa.string()),
+        "src_pos": pa.array([r.src_pos for r in rows], pa.int32()),
+        "tgt_doc": pa.array([r.tgt_doc for r in rows], pa.string()),
+        "tgt_pos": pa.array([r.tgt_pos for r in rows], pa.int32()),
     }, schema=MINED.file_schema)
 
 
@@ -323,8 +327,8 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     layout = (layout or Layout.from_env()).ensure()
     src_lang, tgt_lang = langcodes.normalize(cfg.src_lang), langcodes.normalize(cfg.tgt_lang)
     dirs = {name: layout.dataset_dir(spec.relpath) for name, spec in DATASETS.items()}
-    src = open_input(cfg.src, dataset_dirs=dirs, column=cfg.column, text_path=cfg.src_text)
-    tgt = open_input(cfg.tgt, dataset_dirs=dirs, column=cfg.column, text_path=cfg.tgt_text)
+    src = open_input(cfg.src, dataset_dirs=dirs, column=cfg.column, text_path=cfg.src_text, lang=src_lang)
+    tgt = open_input(cfg.tgt, dataset_dirs=dirs, column=cfg.column, text_path=cfg.tgt_text, lang=tgt_lang)
     source = resolve(cfg.model, layout) if cfg.model else None
     if source is None and (src.embeddings is None or tgt.embeddings is None):
         raise ValueError("--model is needed: an input has sentences without precomputed embeddings")
@@ -360,7 +364,8 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
                  "src_distinct": result.src_distinct, "tgt_distinct": result.tgt_distinct,
                  "candidates": len(result.pairs), "kept": len(result.rows), "index": result.index_kind,
                  **choice.as_record(), "threshold_source": describe_threshold(choice),
-                 "dropped": dict(result.dropped), "embedding_chunks": result.chunks, "precision": precision}
+                 "dropped": dict(result.dropped), "embedding_chunks": result.chunks, "precision": precision,
+                 **({"documents": result.documents} if result.documents else {})}
         if not run_files_published(layout, MINED, run_id):  # else an interrupted attempt of this run appended them
             append_tables(layout, MINED, [({"src_lang": src_lang, "tgt_lang": tgt_lang}, table)], run_id,
                           producer={"stage": "mine", "run_id": run_id, "model_uri": model_uri}, stats=stats)

@@ -34,6 +34,7 @@ from flows import stages
 from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig, demo
 from flows.reporting import mlflow_run_link, publish_markdown
 from flows.stages import Stage, held_out_for, resolve_init
+from flows.nmt_check import NmtCheckConfig
 from flows.tasks import StageSummary
 from labse_core.finetune import config as finetune
 from labse_core.finetune.config import FinetuneConfig
@@ -151,6 +152,18 @@ def mine_flow(model: str = "models:/labse@champion", config: MineStageConfig = M
     """Mine a BUCC-style set of held-out pairs with a model (-> the mined dataset), scored against the gold."""
     return _stage_flow("labse-mine", stages.MINE, config, cache, model_dir=model, held_out_fraction=held_out_fraction,
                        threshold=threshold)
+
+
+@flow(name="labse-nmt-check", log_prints=True)
+def nmt_check_flow(config: NmtCheckConfig = NmtCheckConfig()) -> dict[str, Any]:  # noqa: B008
+    """Train a small translation model on mined, gold and unfiltered man-page pairs (same size, budget, seed)
+    and compare chrF/BLEU on held-out gold pairs (-> eval_results nmt-<arm>, MLflow, a plot artifact)."""
+    from flows.nmt_check import run_nmt_check
+
+    report = run_nmt_check(config.model_copy(update={"prefect_artifacts": True}))
+    return {k: report.summary[k] for k in ("run_id", "pair", "train_pairs", "mined_over_gold_chrf",
+                                           "mined_minus_unfiltered_chrf")} | {
+        "chrf": {arm: r["chrf"] for arm, r in report.summary["arms"].items()}}
 
 
 def held_out_pairs(layout: Layout, cfg: FinetuneConfig) -> list[tuple[str, str]]:
@@ -307,5 +320,6 @@ def retrain_flow(config: RetrainConfig = RetrainConfig()) -> dict[str, Any]:  # 
 
 STAGE_FLOWS = {"labse-ingest": ingest_flow, "labse-prepare": prepare_flow, "labse-vocab": vocab_flow,
                "labse-shard": shard_flow, "labse-pretrain": pretrain_flow, "labse-finetune": finetune_flow,
-               "labse-evaluate": evaluate_flow, "labse-mine": mine_flow, "labse-register": register_flow}
+               "labse-evaluate": evaluate_flow, "labse-mine": mine_flow, "labse-register": register_flow,
+               "labse-nmt-check": nmt_check_flow}
 """Deployment name -> flow, one per stage (``labse serve``)."""

@@ -8,6 +8,9 @@
         vocab/                   spm.model, hf/ (Hugging Face tokenizer folder), vocab.json
         shards/tfrecord/         TFRecord copies of the pair shards
           _manifest.json         row counts per partition and per file, producer, stats
+        docs/<source>/           raw documents, as their source ships them (``labse fetch-docs``), e.g.
+          manpages/<lang>/manN/  Debian's translated man pages (``de``, ``zh_CN``) and ``en/`` the English
+                                 pages of the same names; ``_manifest.json`` packages, versions, counts
         _staging/                datasets being written; swapped into place when complete
       catalog.duckdb             DuckDB catalog: one view per dataset (`labse sql`)
       mlflow/mlflow.db           MLflow tracking + model registry (sqlite)
@@ -84,6 +87,11 @@ class Layout:
     def vocab(self) -> Path:
         """The current vocabulary: ``spm.model``, ``hf/`` (tokenizer folder), ``vocab.json``."""
         return self.lake / "vocab"
+
+    def docs(self, source: str) -> Path:
+        """Raw documents of one source (``manpages``): a folder per language that document mining reads
+        (``labse_core.readers.documents``); published whole, as one folder (``labse fetch-docs``)."""
+        return self.lake / "docs" / source
 
     @property
     def tfrecords(self) -> Path:

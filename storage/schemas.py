@@ -264,6 +264,12 @@ MINED = DatasetSpec(
             pa.field("precision", pa.string(), nullable=True),
             pa.field("run_id", pa.string(), nullable=False),
             pa.field("created_at", _UTC_TIME, nullable=False),
+            # documents mined (labse_core.readers.documents): each side's document id (its path below the folder,
+            # man1/ls.1) and the sentence's place in it; null for sentence inputs and rows written before them
+            pa.field("src_doc", pa.string(), nullable=True),
+            pa.field("src_pos", pa.int32(), nullable=True),
+            pa.field("tgt_doc", pa.string(), nullable=True),
+            pa.field("tgt_pos", pa.int32(), nullable=True),
         ]
     ),
     partition_by=("src_lang", "tgt_lang"),

@@ -122,11 +122,15 @@ def man_languages(man_root: str | os.PathLike[str] = DEFAULT_MAN_ROOT) -> list[s
                   if p.is_dir() and not p.name.startswith("man") and any(p.glob("man*/*")))
 
 
-def page_pairs(man_root: str | os.PathLike[str], lang: str, counts: Counter | None = None) -> list[tuple[str, Path, Path]]:
+def page_pairs(man_root: str | os.PathLike[str], lang: str, counts: Counter | None = None,
+               en_root: str | os.PathLike[str] | None = None) -> list[tuple[str, Path, Path]]:
     """(page name, English file, translated file) for every translated page of ``lang`` that has an English
-    original; a translated page that is a symbolic link (an alias of another page) or has no English
-    page is counted in ``counts`` and skipped. ``DocsError`` when ``lang`` has no man pages there."""
+    original (under ``en_root``, default the man root itself, as in /usr/share/man; ``labse fetch-docs``
+    keeps English in its own folder); a translated page that is a symbolic link (an alias of another page)
+    or has no English page is counted in ``counts`` and skipped. ``DocsError`` when ``lang`` has no man
+    pages there."""
     root = Path(man_root)
+    en_base = Path(en_root) if en_root is not None else root
     base = root / lang
     files = sorted(p for p in base.glob("man*/*") if p.is_file() or p.is_symlink()) if base.is_dir() else []
     if not files:
@@ -139,7 +143,7 @@ def page_pairs(man_root: str | os.PathLike[str], lang: str, counts: Counter | No
         if f.is_symlink():
             counts["reject.page_is_a_link"] += 1
             continue
-        en = root / f.relative_to(base)
+        en = en_base / f.relative_to(base)
         if not en.is_file():
             counts["reject.no_english_page"] += 1
             continue
@@ -290,12 +294,13 @@ def pair_sentences(blocks: Iterable[tuple[Block, Block]], page: str, min_words: 
     return out
 
 
-def extract_pairs(man_root: str | os.PathLike[str], lang: str, min_words: int = 4) -> Extraction:
+def extract_pairs(man_root: str | os.PathLike[str], lang: str, min_words: int = 4,
+                  en_root: str | os.PathLike[str] | None = None) -> Extraction:
     """Every gold sentence pair of ``lang``'s translated man pages (module docstring), with the counts of
     pages, alignments and rejects. An unreadable page (empty, binary, not UTF-8, a ``.so`` link, mdoc) is
     a counted reject ``reject.page_<why>``; a language with no man pages is a ``DocsError``."""
     ex = Extraction(lang)
-    for name, en_path, xx_path in page_pairs(man_root, lang, ex.counts):
+    for name, en_path, xx_path in page_pairs(man_root, lang, ex.counts, en_root):
         try:
             en = parse_man(read_page(en_path), str(en_path))
             xx = parse_man(read_page(xx_path), str(xx_path))

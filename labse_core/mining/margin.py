@@ -120,14 +120,17 @@ def select_pairs(
     mode: Mode = "max",
     kind: MarginKind = "ratio",
     threshold: float = -np.inf,
+    means: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Pairs:
     """Mined pairs from the kNN lists of both directions (module docstring).
 
     ``fwd``: for every source row its nearest targets; ``bwd``: for every target row its nearest sources.
+    ``means``: the margin's denominators (mean_x, mean_y) when they come from other lists than the
+    candidates' (document mining: candidates within a document pair, neighbours over the whole side).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    mean_x, mean_y = neighbour_means(fwd), neighbour_means(bwd)
+    mean_x, mean_y = means if means is not None else (neighbour_means(fwd), neighbour_means(bwd))
     f = best_candidates(fwd, mean_x, mean_y, kind)
     b = best_candidates(bwd, mean_y, mean_x, kind)
     xs, ys = np.arange(len(f.other)), np.arange(len(b.other))

@@ -40,6 +40,7 @@ from labse_core.mining.knn import IndexConfig, IndexKind, MiningInputError, choo
 from labse_core.mining.margin import MarginKind, Mode, Pairs, select_pairs
 from labse_core.mining.shards import ShardedArray, embed_to_shards
 from labse_core.prepare import PrepareRules, pair_key, resolve_duplicates
+from labse_core.readers.documents import DocumentSet, read_documents
 from labse_core.text import filters as flt
 from labse_core.text.normalize import normalize_text
 from storage.faults import maybe_die
@@ -65,6 +66,11 @@ class MineConfig(BaseModel):
                             "candidates' margins; measured the most robust across domains and models, "
                             "labse_core.mining.calibrate), mixture (two-component Gaussian mixture), valley, or none "
                             "(DEFAULT_THRESHOLDS[margin]).")
+    document_calibration: CalibrationMethod | Literal["none"] = Field(
+        "none", description="As `calibration`, for two folders mined within their document pairs. none (the fallback, "
+                            "1.06 for ratio): there most candidates are translations, and a two-class split of their "
+                            "margins cuts the translations in two (measured on man pages: Otsu kept 34% of the "
+                            "candidates, ~97% of those it dropped sat at the same place in both pages; docs/data.md).")
     index: IndexKind = Field("auto", description="flat (exact), ivf, ivfpq, or auto (flat up to flat_max rows).")
     flat_max: int = Field(50_000, ge=1, description="auto: largest side searched with the exact flat index.")
     nprobe: int = Field(32, ge=1, description="IVF lists probed per query.")
@@ -74,6 +80,9 @@ class MineConfig(BaseModel):
     unique: bool = Field(True, description="Embed and mine each distinct sentence of an input once (its first row).")
     filter: bool = Field(True, description="Apply the data pipeline's filters and dedupe to the mined pairs.")
     rules: PrepareRules = Field(default_factory=PrepareRules, description="Normalization and filter thresholds.")
+    pair_docs: str = Field("name", description="Two folders of documents: mine within the document pairs that share "
+                           "a name (and canonical URL), `name`; across all documents, `all`; or within the pairs listed "
+                           "in a TSV file (source<TAB>target document ids or URLs), its path.")
 
     def threshold_value(self) -> float:
         """The given threshold, else the fallback; the threshold a run used is ``choose_threshold``'s."""
@@ -83,16 +92,19 @@ class MineConfig(BaseModel):
         return IndexConfig(kind=self.index, flat_max=self.flat_max, nprobe=self.nprobe, nlist=self.nlist)
 
 
-def choose_threshold(scores: np.ndarray, cfg: MineConfig) -> ThresholdChoice:
+def choose_threshold(scores: np.ndarray, cfg: MineConfig, within_documents: bool = False) -> ThresholdChoice:
     """The threshold of a run whose candidate pairs (every pair of the mode, before any threshold)
     scored ``scores``: ``cfg.threshold`` when given, else calibrated from the scores
-    (``labse_core.mining.calibrate``), falling back to ``DEFAULT_THRESHOLDS[cfg.margin]``."""
+    (``labse_core.mining.calibrate``; ``cfg.document_calibration`` for candidates of document pairs),
+    falling back to ``DEFAULT_THRESHOLDS[cfg.margin]``."""
     if cfg.threshold is not None:
         return ThresholdChoice(float(cfg.threshold), "given")
     fallback = DEFAULT_THRESHOLDS[cfg.margin]
-    if cfg.calibration == "none":
-        return ThresholdChoice(fallback, "fallback", {"why": "calibration none"})
-    return calibrate(scores, cfg.calibration, fallback)
+    method = cfg.document_calibration if within_documents else cfg.calibration
+    if method == "none":
+        return ThresholdChoice(fallback, "fallback", {"why": "document pairs: document_calibration none" if within_documents
+                                                      else "calibration none"})
+    return calibrate(scores, method, fallback)
 
 
 def mine_scored(
@@ -131,7 +143,7 @@ class MiningInput:
 
     spec: str
     """As the user gave it (file path or ``dataset:column[:lang]``)."""
-    kind: Literal["text", "parquet", "dataset", "npy"]
+    kind: Literal["text", "parquet", "dataset", "npy", "docs"]
     path: Path | None = None
     column: str = "text"
     partition: dict[str, str] = field(default_factory=dict)
@@ -139,10 +151,14 @@ class MiningInput:
     """npy: the sentences, one per line (row i of the array = line i)."""
     embeddings: ShardedArray | None = None
     dataset_root: Path | None = None
+    documents: DocumentSet | None = None
+    """docs: the folder's documents, read once (labse_core.readers.documents)."""
 
     def texts(self) -> Iterator[str]:
         """Every sentence in input order."""
-        if self.kind == "text" or (self.kind == "npy" and self.text_path is not None):
+        if self.documents is not None:
+            yield from self.documents.sentences
+        elif self.kind == "text" or (self.kind == "npy" and self.text_path is not None):
             yield from read_text_lines(self.path if self.kind == "text" else self.text_path)
         elif self.kind == "parquet":
             pf = pq.ParquetFile(self.path)
@@ -196,12 +212,15 @@ def read_text_lines(path: str | os.PathLike[str]) -> Iterator[str]:
 
 
 def open_input(spec: str, *, dataset_dirs: dict[str, Path] | None = None, column: str | None = None,
-               text_path: str | os.PathLike[str] | None = None) -> MiningInput:
+               text_path: str | os.PathLike[str] | None = None, lang: str = "und") -> MiningInput:
     """Resolve ``--src``/``--tgt``: an existing file (``.npy``: precomputed embeddings, its sentences in
     ``text_path`` or ``<stem>.txt``; ``.parquet``: a ``text`` column, with an ``embedding`` column as
-    written by ``labse embed`` used as precomputed; anything else: text, one sentence per line), or
-    ``DATASET:COLUMN[:LANG]`` for a published lake dataset (``corpus_clean:tgt_text:de``)."""
+    written by ``labse embed`` used as precomputed; anything else: text, one sentence per line), a folder
+    of documents in language ``lang`` (``labse_core.readers.documents``: HTML, text, man pages, cut into
+    sentences), or ``DATASET:COLUMN[:LANG]`` for a published lake dataset (``corpus_clean:tgt_text:de``)."""
     p = Path(spec)
+    if p.is_dir():
+        return MiningInput(spec, "docs", path=p, documents=read_documents(p, lang))
     if p.is_file():
         if p.suffix.lower() == ".npy":
             txt = Path(text_path) if text_path else p.with_suffix(".txt")
@@ -319,6 +338,11 @@ class MinedRow:
     cosine: float
     margin: float
     pair_key: str
+    src_doc: str | None = None
+    """Documents on the source side: the sentence's document id and its place in it."""
+    src_pos: int | None = None
+    tgt_doc: str | None = None
+    tgt_pos: int | None = None
 
 
 def apply_rules(
@@ -377,26 +401,106 @@ class MineResult:
     """Per side ("src", "tgt"): embedding chunks embedded by this run and reused from an interrupted one."""
     threshold: ThresholdChoice | None = None
     """The threshold the pairs were cut at and how it was chosen (``choose_threshold``)."""
+    candidates: Pairs | None = None
+    """Every candidate before the threshold (row indices of the inputs when ``documents`` is set, else vector
+    indices as ``pairs``): what ``labse nmt-check`` trains its unfiltered arm on."""
+    documents: dict = field(default_factory=dict)
+    """Document inputs: documents read and rejected per side, document pairs mined within."""
+    inputs: tuple[MiningInput, MiningInput] | None = None
+    """The two sides as mined (folders of documents cut to the documents in a pair): ``candidates``' rows."""
 
 
 def mine_inputs(
     src: MiningInput, tgt: MiningInput, src_lang: str, tgt_lang: str,
     embed: Callable[[list[str]], np.ndarray] | None, work_dir: str | os.PathLike[str], cfg: MineConfig = MineConfig(),
 ) -> MineResult:
-    """Embed both inputs, mine, and apply the rules (module docstring)."""
+    """Embed both inputs, mine, and apply the rules (module docstring). Two folders of documents are mined
+    within their document pairs unless ``cfg.pair_docs`` is ``all`` (``labse_core.mining.documents``)."""
     src_lang, tgt_lang = langcodes.normalize(src_lang), langcodes.normalize(tgt_lang)
     work = Path(work_dir)
+    doc_pairs = _document_pairs(src, tgt, cfg)
     xs = embed_input(src, embed, work / "src", cfg)
     if xs.total == 0:
         raise MiningInputError(f"{src.spec}: the source input has no sentences")
     ys = embed_input(tgt, embed, work / "tgt", cfg)
     if ys.total == 0:
         raise MiningInputError(f"{tgt.spec}: the target input has no sentences")
-    pairs, choice = mine_scored(xs.vectors, ys.vectors, cfg)
+    docs = {side: {"documents": len(inp.documents.doc_ids), "rejected": dict(inp.documents.rejects),
+                   "examples": inp.documents.examples}
+            for side, inp in (("src", src), ("tgt", tgt)) if inp.documents is not None}
+    if doc_pairs is not None:
+        cand = _mine_within_documents(src, tgt, xs, ys, doc_pairs, cfg)
+        docs["document_pairs"] = len(doc_pairs)
+        choice = choose_threshold(cand.score, cfg, within_documents=True)
+        pairs = cand.above(choice.value)
+        src_rows, tgt_rows = np.arange(xs.total), np.arange(ys.total)  # pairs index rows here
+    else:
+        cand = mine_embeddings(xs.vectors, ys.vectors, cfg, threshold=-np.inf)
+        choice = choose_threshold(cand.score, cfg)
+        pairs = cand.above(choice.value)
+        src_rows, tgt_rows = xs.rows, ys.rows
     maybe_die("mine.scored")
-    src_texts = collect_texts(src, xs.rows[pairs.src])
-    tgt_texts = collect_texts(tgt, ys.rows[pairs.tgt])
-    rows, dropped = apply_rules(pairs, xs.rows, ys.rows, src_texts, tgt_texts, src_lang, tgt_lang, cfg.rules, cfg.filter)
+    src_texts = collect_texts(src, src_rows[pairs.src])
+    tgt_texts = collect_texts(tgt, tgt_rows[pairs.tgt])
+    rows, dropped = apply_rules(pairs, src_rows, tgt_rows, src_texts, tgt_texts, src_lang, tgt_lang, cfg.rules, cfg.filter)
+    if not rows:
+        raise MiningInputError(f"{src.spec} x {tgt.spec}: no {src_lang}-{tgt_lang} pair scored above the threshold "
+                               f"{choice.value:.4f} and passed the filters ({len(cand):,} candidates, {len(pairs):,} above "
+                               f"the threshold, dropped: {dict(dropped) or 'none'}): nothing published")
+    for r in rows:
+        if src.documents is not None:
+            r.src_doc, r.src_pos = src.documents.doc_ids[src.documents.doc_of[r.src_index]], int(src.documents.position[r.src_index])
+        if tgt.documents is not None:
+            r.tgt_doc, r.tgt_pos = tgt.documents.doc_ids[tgt.documents.doc_of[r.tgt_index]], int(tgt.documents.position[r.tgt_index])
     return MineResult(rows, pairs, dropped, xs.total, ys.total, len(xs.rows), len(ys.rows),
                       choose_kind(max(len(xs.rows), len(ys.rows)), cfg.index_config()),
-                      {"src": xs.chunks, "tgt": ys.chunks}, choice)
+                      {"src": xs.chunks, "tgt": ys.chunks}, choice, cand, docs, (src, tgt))
+
+
+def _vector_of_row(inp: MiningInput, emb: Embedded) -> np.ndarray:
+    """(rows,) the vector standing for each input row (``embed_input`` folds repeated sentences)."""
+    if len(emb.rows) == emb.total:
+        return np.arange(emb.total)
+    first: dict[bytes, int] = {}
+    out = np.empty(emb.total, dtype=np.int64)
+    for i, s in enumerate(inp.texts()):
+        out[i] = first.setdefault(_digest(s), len(first))
+    return out
+
+
+def _document_pairs(src: MiningInput, tgt: MiningInput, cfg: MineConfig) -> list[tuple[int, int]] | None:
+    """Two folders mined within document pairs: the pairs (``cfg.pair_docs``), after both sides were cut to
+    the documents in a pair (nothing else is embedded); None when the run mines across everything."""
+    from labse_core.readers.documents import pair_by_name, pair_from_file
+
+    if src.documents is None or tgt.documents is None or cfg.pair_docs == "all":
+        return None
+    doc_pairs = (pair_by_name(src.documents, tgt.documents) if cfg.pair_docs == "name"
+                 else pair_from_file(src.documents, tgt.documents, cfg.pair_docs))
+    if not doc_pairs:
+        raise MiningInputError(f"{src.spec} x {tgt.spec}: no document pairs to mine within (no document name or URL "
+                               "in both folders): list the pairs in a TSV file, or mine across all documents")
+    a_docs, b_docs = sorted({a for a, _ in doc_pairs}), sorted({b for _, b in doc_pairs})
+    a_new, b_new = {d: i for i, d in enumerate(a_docs)}, {d: i for i, d in enumerate(b_docs)}
+    unpaired = {"src": len(src.documents.doc_ids) - len(a_docs), "tgt": len(tgt.documents.doc_ids) - len(b_docs)}
+    src.documents, tgt.documents = src.documents.subset(a_docs), tgt.documents.subset(b_docs)
+    for side, inp in (("src", src), ("tgt", tgt)):
+        if unpaired[side]:
+            inp.documents.rejects["unpaired"] += unpaired[side]
+    return [(a_new[a], b_new[b]) for a, b in doc_pairs]
+
+
+def _mine_within_documents(src: MiningInput, tgt: MiningInput, xs: Embedded, ys: Embedded,
+                           doc_pairs: list[tuple[int, int]], cfg: MineConfig) -> Pairs:
+    """Every candidate of the two folders' document pairs (row indices)."""
+    from labse_core.mining import documents as dm
+
+    assert src.documents is not None and tgt.documents is not None
+    xv = dm.unit_rows(np.asarray(xs.vectors[np.arange(len(xs.vectors))]))
+    yv = dm.unit_rows(np.asarray(ys.vectors[np.arange(len(ys.vectors))]))
+    mean_x, mean_y = dm.global_means(xv, yv, cfg.k, cfg.index_config())
+    vx, vy = _vector_of_row(src, xs), _vector_of_row(tgt, ys)
+    cand = dm.mine_document_pairs(xv[vx], yv[vy], [src.documents.rows_of(a) for a, _ in doc_pairs],
+                                  [tgt.documents.rows_of(b) for _, b in doc_pairs], mean_x[vx], mean_y[vy],
+                                  cfg.k, cfg.mode, cfg.margin)
+    return cand

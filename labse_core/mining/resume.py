@@ -56,6 +56,10 @@ def input_digest(inp: Any) -> str:
     """Digest of one side's sentences (and precomputed embeddings): ``miner.MiningInput``."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{inp.kind}\0{inp.column}\0{sorted(inp.partition.items())}\n".encode())
+    if inp.documents is not None:  # a folder of documents: its sentences, as read and cut
+        for text in inp.documents.sentences:
+            h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        return h.hexdigest()
     for path in (inp.path, inp.text_path):
         if path is not None:
             _file_digest(h, Path(path))
