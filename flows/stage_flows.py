@@ -31,10 +31,10 @@ from beam_jobs.prepare import PrepareConfig
 from beam_jobs.shard import ShardConfig
 from beam_jobs.vocab import VocabStageConfig
 from flows import stages
+from flows.nmt_check import NmtCheckConfig
 from flows.presets import EvaluateStageConfig, MineStageConfig, RegisterStageConfig, demo
 from flows.reporting import mlflow_run_link, publish_markdown
 from flows.stages import Stage, held_out_for, resolve_init
-from flows.nmt_check import NmtCheckConfig
 from flows.tasks import StageSummary
 from labse_core.finetune import config as finetune
 from labse_core.finetune.config import FinetuneConfig
