@@ -318,7 +318,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     """Mine ``cfg.src`` x ``cfg.tgt`` and append the pairs to ``mined`` (module docstring). Killed, the same
     command resumes: same MLflow run, embedding chunks reused, pairs appended once (labse_core.mining.resume)."""
     from labse_core import langcodes
-    from labse_core.mining.miner import mine_inputs, open_input
+    from labse_core.mining.miner import document_pairs, mine_inputs, open_input
     from labse_core.mining.resume import MiningWork, work_key
     from storage.append import append_tables, run_files_published
     from storage.faults import maybe_die
@@ -329,6 +329,7 @@ def run_mine(cfg: MineRunConfig, layout: Layout | None = None) -> MineReport:
     dirs = {name: layout.dataset_dir(spec.relpath) for name, spec in DATASETS.items()}
     src = open_input(cfg.src, dataset_dirs=dirs, column=cfg.column, text_path=cfg.src_text, lang=src_lang)
     tgt = open_input(cfg.tgt, dataset_dirs=dirs, column=cfg.column, text_path=cfg.tgt_text, lang=tgt_lang)
+    document_pairs(src, tgt, cfg.mine)  # folders without a document pair fail before a model loads
     source = resolve(cfg.model, layout) if cfg.model else None
     if source is None and (src.embeddings is None or tgt.embeddings is None):
         raise ValueError("--model is needed: an input has sentences without precomputed embeddings")

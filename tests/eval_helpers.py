@@ -62,3 +62,19 @@ def make_tiny_model(out: Path, languages: tuple[str, ...] = ("en", "de", "fr", "
     encoder = LabseEncoder(preset("tiny", vocab_size=len(load_tokenizer(tok_dir)), initializer_range=0.2)).eval()
     bag_of_subwords(encoder)
     return export_model(encoder, tok_dir, out / "model", model_card={"name": "eval-test-tiny", "languages": list(languages)})
+
+
+def sentence_messages(lang: str = "de", max_words: int = 10_000) -> list[tuple[str, str]]:
+    """(English, translation) catalog messages of the base domains that read as one groff-safe sentence:
+    5 to ``max_words`` English words, both ending in a full stop, no line break, backslash or leading dot."""
+    from tests.conftest import named_catalogs
+
+    pairs = []
+    for mo in named_catalogs(lang):
+        for p in catalog_pairs(read_mo(mo)):
+            en, xx = p.src_text.strip(), p.tgt_text.strip()
+            if "\n" in en + xx or en.startswith((".", "'")) or xx.startswith((".", "'")) or "\\" in en + xx:
+                continue
+            if 5 <= len(en.split()) <= max_words and en.endswith(".") and xx.endswith("."):
+                pairs.append((en, xx))
+    return list(dict.fromkeys(pairs))

@@ -418,7 +418,7 @@ def mine_inputs(
     within their document pairs unless ``cfg.pair_docs`` is ``all`` (``labse_core.mining.documents``)."""
     src_lang, tgt_lang = langcodes.normalize(src_lang), langcodes.normalize(tgt_lang)
     work = Path(work_dir)
-    doc_pairs = _document_pairs(src, tgt, cfg)
+    doc_pairs = document_pairs(src, tgt, cfg)
     xs = embed_input(src, embed, work / "src", cfg)
     if xs.total == 0:
         raise MiningInputError(f"{src.spec}: the source input has no sentences")
@@ -468,9 +468,10 @@ def _vector_of_row(inp: MiningInput, emb: Embedded) -> np.ndarray:
     return out
 
 
-def _document_pairs(src: MiningInput, tgt: MiningInput, cfg: MineConfig) -> list[tuple[int, int]] | None:
+def document_pairs(src: MiningInput, tgt: MiningInput, cfg: MineConfig) -> list[tuple[int, int]] | None:
     """Two folders mined within document pairs: the pairs (``cfg.pair_docs``), after both sides were cut to
-    the documents in a pair (nothing else is embedded); None when the run mines across everything."""
+    the documents in a pair (nothing else is embedded); None when the run mines across everything. Calling
+    it again gives the same pairs (a caller checks them before loading a model)."""
     from labse_core.readers.documents import pair_by_name, pair_from_file
 
     if src.documents is None or tgt.documents is None or cfg.pair_docs == "all":

@@ -331,15 +331,33 @@ def read_documents(root: str | os.PathLike[str], lang: str) -> DocumentSet:
 # Pairs of documents
 
 
+def name_key(doc_id: str, lang: str) -> str:
+    """A document id without its language tag before the last extension (``guide.de.html``,
+    ``guide_de.txt``, ``guide-de.md`` -> ``guide.html`` ...), so translations named that way pair up."""
+    if not lang or lang == "und":
+        return doc_id
+    tags = {lang.lower(), lang.split("-")[0].split("_")[0].lower()}
+    head, _, name = doc_id.rpartition("/")
+    m = re.match(r"^(.*)[._-]([A-Za-z]{2,3}(?:[_-][A-Za-z]{2,4})?)(\.[^.]+)$", name)
+    if m and m.group(2).lower().replace("-", "_") in tags | {t.replace("-", "_") for t in tags}:
+        name = m.group(1) + m.group(3)
+    return f"{head}/{name}" if head else name
+
+
 def pair_by_name(src: DocumentSet, tgt: DocumentSet) -> list[tuple[int, int]]:
-    """(source doc, target doc) for every document id both folders hold (``man1/ls.1`` in both), and for
-    every canonical URL both name."""
+    """(source doc, target doc) for every document id both folders hold (``man1/ls.1`` in both), also once
+    each side's language tag is taken out of the file name (``name_key``: ``a.de.html`` and ``a.en.html``),
+    and for every canonical URL both name."""
     tgt_ids = {d: j for j, d in enumerate(tgt.doc_ids)}
+    for j, d in enumerate(tgt.doc_ids):
+        tgt_ids.setdefault(name_key(d, tgt.lang), j)
     tgt_urls = {u: j for j, u in enumerate(tgt.urls) if u}
     pairs = set()
     for i, d in enumerate(src.doc_ids):
         if d in tgt_ids:
             pairs.add((i, tgt_ids[d]))
+        elif (key := name_key(d, src.lang)) in tgt_ids:
+            pairs.add((i, tgt_ids[key]))
         u = src.urls[i]
         if u and u in tgt_urls:
             pairs.add((i, tgt_urls[u]))

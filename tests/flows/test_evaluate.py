@@ -249,3 +249,50 @@ def test_evaluate_bucc_on_held_out_corpus_pairs(model_dir, real_catalogs, tmp_pa
     finally:  # `--home` re-pointed this process: back to the session's home and MLflow store
         os.environ["LABSE_HOME"] = session_home
         tracking.configure(Layout.from_env())
+
+
+def _system_pages(n: int) -> list[str]:
+    """Page names (man1/x.1.gz) this machine has in German and in English, real files, the first n."""
+    root = Path("/usr/share/man")
+    names = sorted(p.name for p in (root / "de" / "man1").glob("*.1.gz")
+                   if not p.is_symlink() and (root / "man1" / p.name).is_file() and not (root / "man1" / p.name).is_symlink())
+    if len(names) < n:
+        pytest.skip(f"this machine has {len(names)} man pages in German and English (< {n})")
+    return [f"man1/{x}" for x in names[:n]]
+
+
+def test_labse_mine_on_folders_of_real_man_pages_mines_within_pages_of_the_same_name(model_dir, tmp_path):
+    import shutil
+
+    pages = _system_pages(4)
+    for rel in pages:
+        for lang, src in (("de", Path("/usr/share/man/de") / rel), ("en", Path("/usr/share/man") / rel)):
+            (tmp_path / lang / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, tmp_path / lang / rel)
+    (tmp_path / "en" / "man1" / "only-english.1").write_text(".TH X 1\n.SH NAME\nx \\- a page with no translation\n")
+    (tmp_path / "de" / "notes.bin").write_bytes(b"\x00\x01\x02")
+    runner = CliRunner()
+    res = runner.invoke(app, ["mine", "--src", str(tmp_path / "de"), "--tgt", str(tmp_path / "en"), "--src-lang", "de",
+                              "--tgt-lang", "en", "--model", str(model_dir), "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert "mined within 4 document pairs" in res.output and "1 binary" in res.output and "1 unpaired" in res.output
+    rows = catalog.query(Layout.from_env(), "SELECT src_doc, src_pos, tgt_doc, tgt_pos, margin FROM mined WHERE src_origin = "
+                                            f"'{tmp_path / 'de'}'").to_pylist()
+    assert rows and all(r["src_doc"] == r["tgt_doc"] for r in rows)
+    assert {r["src_doc"] for r in rows} <= {p.removesuffix(".gz") for p in pages}
+    assert min(r["margin"] for r in rows) >= 1.06  # the fixed threshold within document pairs
+    assert len({(r["src_doc"], r["src_pos"]) for r in rows}) == len(rows)  # one-to-one within a page
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.txt").write_text("Ein Satz, der nirgends steht.")
+    for src, message in [(tmp_path / "empty", "no documents in this folder"),
+                         (tmp_path / "junk", "no usable document (1 files: 1 empty)"),
+                         (tmp_path / "other", "no document pairs to mine within")]:
+        res = runner.invoke(app, ["mine", "--src", str(src), "--tgt", str(tmp_path / "en"), "--src-lang", "de",
+                                  "--tgt-lang", "en", "--model", str(model_dir)])
+        assert res.exit_code == 2, (src, res.output)
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], res.output

@@ -22,18 +22,9 @@ from storage.layout import Layout
 def man_root(tmp_path_factory, real_catalogs):
     """An English page and its German translation, one ``.PP`` paragraph per sentence-like catalog message
     of the base domains (a translator's section added, as po4a output has)."""
-    from labse_core.gettext_catalog import catalog_pairs, read_mo
-    from tests.conftest import named_catalogs
+    from tests.eval_helpers import sentence_messages
 
-    pairs = []
-    for mo in named_catalogs("de"):
-        for p in catalog_pairs(read_mo(mo)):
-            en, de = p.src_text.strip(), p.tgt_text.strip()
-            if "\n" in en + de or en.startswith((".", "'")) or de.startswith((".", "'")) or "\\" in en + de:
-                continue
-            if len(en.split()) >= 5 and en.endswith(".") and de.endswith("."):
-                pairs.append((en, de))
-    pairs = list(dict.fromkeys(pairs))[:160]
+    pairs = sentence_messages("de")[:160]
     if len(pairs) < 150:
         pytest.skip(f"this machine's German catalogs give {len(pairs)} sentence messages (< 150)")
     root = tmp_path_factory.mktemp("man")

@@ -27,18 +27,9 @@ TINY_NMT = NmtConfig(vocab_size=200, d_model=32, encoder_layers=1, decoder_layer
 @pytest.fixture(scope="module")
 def docs_root(tmp_path_factory, real_catalogs):
     """24 pages per language, 6 sentence-like catalog messages each as ``.PP`` paragraphs."""
-    from labse_core.gettext_catalog import catalog_pairs, read_mo
-    from tests.conftest import named_catalogs
+    from tests.eval_helpers import sentence_messages
 
-    pairs = []
-    for mo in named_catalogs("de"):
-        for p in catalog_pairs(read_mo(mo)):
-            en, de = p.src_text.strip(), p.tgt_text.strip()
-            if "\n" in en + de or en.startswith((".", "'")) or de.startswith((".", "'")) or "\\" in en + de:
-                continue
-            if 5 <= len(en.split()) <= 20 and en.endswith(".") and de.endswith("."):
-                pairs.append((en, de))
-    pairs = list(dict.fromkeys(pairs))[:144]
+    pairs = sentence_messages("de", max_words=20)[:144]
     if len(pairs) < 144:
         pytest.skip(f"this machine's German catalogs give {len(pairs)} sentence messages (< 144)")
     root = tmp_path_factory.mktemp("manpages")

@@ -89,9 +89,15 @@ def test_documents_pair_by_name_by_url_and_from_a_file(tmp_path):
         _write(tmp_path / lang, f"only-{lang}.txt", body)
         _write(tmp_path / lang, f"page-{lang}.html",
                f'<html><head><link rel="canonical" href="https://e.org/p"></head><body><p>{body}</p></body></html>')
+    _write(tmp_path / "de", "guide.de.html", "<p>Hallo Welt.</p>")
+    _write(tmp_path / "en", "guide.en.html", "<p>Hello world.</p>")
+    _write(tmp_path / "de", "notes_de.txt", "Hallo Welt.")
+    _write(tmp_path / "en", "notes_en.txt", "Hello world.")
+    _write(tmp_path / "en", "notes_fr.txt", "Bonjour le monde.")
     de, en = read_documents(tmp_path / "de", "de"), read_documents(tmp_path / "en", "en")
     named = {(de.doc_ids[a], en.doc_ids[b]) for a, b in pair_by_name(de, en)}
-    assert named == {("man1/a.1", "man1/a.1"), ("page-de.html", "page-en.html")}
+    assert named == {("man1/a.1", "man1/a.1"), ("page-de.html", "page-en.html"), ("guide.de.html", "guide.en.html"),
+                     ("notes_de.txt", "notes_en.txt"), ("only-de.txt", "only-en.txt")}
     tsv = _write(tmp_path, "pairs.tsv", "# pairs\nonly-de.txt\tonly-en.txt\nhttps://e.org/p\tman1/a.1\n")
     listed = {(de.doc_ids[a], en.doc_ids[b]) for a, b in pair_from_file(de, en, tsv)}
     assert listed == {("only-de.txt", "only-en.txt"), ("page-de.html", "man1/a.1")}
