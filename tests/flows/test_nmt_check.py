@@ -99,3 +99,27 @@ def test_nmt_check_bad_input_is_one_line(docs_root, tiny_eval_model, tmp_path, a
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+
+
+def test_the_nmt_check_flow_publishes_its_summary_as_a_prefect_artifact(prefect_harness, docs_root, tiny_eval_model):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.stage_flows import STAGE_FLOWS, nmt_check_flow
+
+    assert STAGE_FLOWS["labse-nmt-check"] is nmt_check_flow  # what `labse serve` deploys
+    cfg = NmtCheckConfig(src_lang="de", model=str(tiny_eval_model), docs=docs_root, nmt=TINY_NMT, held_out_share=0.3,
+                         test_pairs=20, dev_pairs=10, max_pages=None, arms=["mined", "gold"])
+    out = nmt_check_flow(config=cfg)
+    assert set(out["chrf"]) == {"mined", "gold"} and out["pair"] == "de-en"
+    assert out["mined_over_gold_chrf"] == pytest.approx(out["chrf"]["mined"] / out["chrf"]["gold"])
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["nmt-check-summary"])))
+
+    import asyncio
+
+    found = asyncio.run(artifacts())
+    assert any(f"mined **{out['chrf']['mined']:.1f}**" in (a.data or "") and "data:image/png;base64," in (a.data or "")
+               for a in found)
