@@ -619,15 +619,18 @@ def nmt_check(stem: str, r: dict[str, Any]) -> list[str]:
     rows, goals = [], []
     for pair, s in r["metrics"]["pairs"].items():
         for arm, a in s["arms"].items():
-            rows.append([pair, arm, f"{a['train_pairs']:,}", f"{a['steps']:,} ({a['stopped_by']})",
-                         f"{a['train_seconds'] / 60:.1f}", f"{a['chrf']:.1f}", f"{a['bleu']:.1f}"])
+            rows.append([pair, arm, f"{s['train_pairs'][arm]:,} / {a['train_pairs']:,}", f"{a['steps']:,} ({a['stopped_by']})",
+                         f"{a['train_seconds'] / 60:.1f}", f"{a['arm_seconds'] / 60:.1f}" if "arm_seconds" in a else "-",
+                         f"{a['chrf']:.1f}", f"{a['bleu']:.1f}"])
         ratio, margin = s.get("mined_over_gold_chrf"), s.get("mined_minus_unfiltered_chrf")
         goals.append(f"- {pair}: mined / gold chrF **{ratio:.1%}** (goal >= 90%), mined - unfiltered "
                      f"**{margin:+.1f}** chrF (goal >= +5); mined {s['mine']['kept']:,} of {s['mine']['candidates']:,} "
                      f"candidates at the threshold {s['mine']['threshold']:.3f}; test {s['data']['test']:,} held-out gold "
                      f"pairs; {s['wall_s'] / 60:.0f} min in all" + (f"; flagged: {'; '.join(s['flags'])}" if s.get("flags") else ""))
-    header = ["pair", "arm", "training pairs", "steps (stopped by)", "train min", "chrF", "BLEU"]
-    return [*_table(header, rows, [False, False, True, True, True, True, True]), "", *goals, "", _source(stem, r)]
+    header = ["pair", "arm", "pairs sampled / within max_len", "steps (stopped by)", "train min", "arm min", "chrF", "BLEU"]
+    return [*_table(header, rows, [False, False, True, True, True, True, True, True]), "", *goals, "",
+            "arm min: the whole arm (vocabulary, training, translating the test set); `-`: not recorded by that run.",
+            "", _source(stem, r)]
 
 
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {

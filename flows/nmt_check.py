@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -250,6 +251,7 @@ def run_nmt_check(cfg: NmtCheckConfig, layout: Layout | None = None, progress: A
             with mlflow.start_run(run_name=f"nmt-{arm}", nested=True) as child:
                 mlflow.set_tags({"stage": "nmt-check", "arm": arm, "pair": f"{src_lang}-{tgt_lang}"})
                 bar = (lambda step, total, loss, _arm=arm: progress(_arm, step, total, loss)) if progress else None
+                arm_t0 = time.monotonic()
                 r = nmt.run_arm(pairs, data.dev, data.test, cfg.nmt, layout.run_dir(run_id) / f"nmt-{arm}", tgt_lang,
                                 progress=bar)
                 for point in r.curve:
@@ -258,6 +260,7 @@ def run_nmt_check(cfg: NmtCheckConfig, layout: Layout | None = None, progress: A
                 mlflow.log_metrics({"chrf": r.chrf, "bleu": r.bleu, "train_pairs": float(r.n_train),
                                     "steps": float(r.steps), "train_seconds": r.train_seconds})
                 results[arm] = {"chrf": r.chrf, "bleu": r.bleu, "steps": r.steps, "train_seconds": r.train_seconds,
+                                "arm_seconds": time.monotonic() - arm_t0, "too_long": r.n_too_long,
                                 "stopped_by": r.stopped_by, "train_pairs": r.n_train, "signatures": r.signatures,
                                 "curve": r.curve, "samples": r.samples, "mlflow_run_id": child.info.run_id}
         model_uri = mine_report.model.uri if mine_report.model else cfg.model
