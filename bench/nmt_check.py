@@ -2,6 +2,7 @@
 
     python -m bench.nmt_check --preset full                 # de-en and zh-en (about 40 min each on 2 cores)
     python -m bench.nmt_check --src-lang de --minutes 12    # one pair
+    python -m bench.nmt_check --src-lang zh --arms mined,unfiltered   # every mined pair, no gold arm
 
 Each pair runs ``labse nmt-check`` (``flows.nmt_check.run_nmt_check``) in ``LABSE_HOME`` (the man pages from
 ``labse fetch-docs manpages``, the encoder ``--model``, default ``models:/labse@champion``): one small Marian
@@ -27,6 +28,7 @@ from bench.common import (
     command_line,
     load_flag,
     loadavg,
+    machine,
     versions,
     write_result,
 )
@@ -42,7 +44,7 @@ def _slim(summary: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.nmt_check import PRESETS, NmtCheckConfig, run_nmt_check
+    from flows.nmt_check import ARMS, PRESETS, NmtCheckConfig, run_nmt_check
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
@@ -50,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models:/labse@champion")
     p.add_argument("--minutes", type=float, default=None, help="Training budget per arm (default: the config's).")
     p.add_argument("--steps", type=int, default=None, help="Training steps per arm (default: the config's).")
+    p.add_argument("--arms", default=None, help="Comma-separated arms (default: mined,gold,unfiltered). Without gold, "
+                   "every mined pair trains; the record is kept under 'xx-en mined/unfiltered' beside the pair's own.")
     a = p.parse_args(argv)
     configs = PRESETS[a.preset]() if a.src_lang is None else [NmtCheckConfig(src_lang=a.src_lang)]
+    if a.arms is not None:
+        configs = [c.model_copy(update={"arms": NmtCheckConfig(arms=a.arms.split(",")).arms}) for c in configs]
     old = json.loads(OUT.read_text())["metrics"]["pairs"] if OUT.is_file() else {}
     pairs = dict(old)
     for cfg in configs:
@@ -65,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         s = _slim(report.summary)
         s["wall_s"] = wall
         s["flags"] = load_flag(own, wall, foreign, before, loadavg()[0])
-        pairs[s["pair"]] = s
-        print(f"{s['pair']}: " + ", ".join(f"{arm} chrF {r['chrf']:.1f}" for arm, r in s["arms"].items())
+        # Pairs measured by earlier runs are kept: each says which command made it and on what CPU.
+        s["command"], s["machine"] = command_line(), machine()
+        key = s["pair"] if set(cfg.arms) == set(ARMS) else f"{s['pair']} {'/'.join(cfg.arms)}"
+        pairs[key] = s
+        print(f"{key}: " + ", ".join(f"{arm} chrF {r['chrf']:.1f}" for arm, r in s["arms"].items())
               + f" ({wall / 60:.1f} min{'; flagged: ' + '; '.join(s['flags']) if s['flags'] else ''})", flush=True)
         out = _write(pairs, a.model)  # after every pair: a later pair's failure keeps this one
     print(f"wrote {out}")

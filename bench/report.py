@@ -623,14 +623,19 @@ def nmt_check(stem: str, r: dict[str, Any]) -> list[str]:
                          f"{a['train_seconds'] / 60:.1f}", f"{a['arm_seconds'] / 60:.1f}" if "arm_seconds" in a else "-",
                          f"{a['chrf']:.1f}", f"{a['bleu']:.1f}"])
         ratio, margin = s.get("mined_over_gold_chrf"), s.get("mined_minus_unfiltered_chrf")
-        goals.append(f"- {pair}: mined / gold chrF **{ratio:.1%}** (goal >= 90%), mined - unfiltered "
-                     f"**{margin:+.1f}** chrF (goal >= +5); mined {s['mine']['kept']:,} of {s['mine']['candidates']:,} "
+        measured = ([f"mined / gold chrF **{ratio:.1%}** (goal >= 90%)"] if ratio is not None else []) + (
+            [f"mined - unfiltered **{margin:+.1f}** chrF (goal >= +5)"] if margin is not None else [])
+        goals.append(f"- {pair}: {', '.join(measured)}; mined {s['mine']['kept']:,} of {s['mine']['candidates']:,} "
                      f"candidates at the threshold {s['mine']['threshold']:.3f}; test {s['data']['test']:,} held-out gold "
-                     f"pairs; {s['wall_s'] / 60:.0f} min in all" + (f"; flagged: {'; '.join(s['flags'])}" if s.get("flags") else ""))
+                     f"pairs; {s['wall_s'] / 60:.0f} min in all" + (f"; flagged: {'; '.join(s['flags'])}" if s.get("flags") else "")
+                     + (f"; `{s['command']}`, {s['created_at'][:10]}, {s['machine'].get('cpu_model') or 'CPU unknown'}"
+                        if "command" in s else ""))
     header = ["pair", "arm", "pairs sampled / within max_len", "steps (stopped by)", "train min", "arm min", "chrF", "BLEU"]
     return [*_table(header, rows, [False, False, True, True, True, True, True, True]), "", *goals, "",
             "arm min: the whole arm (vocabulary, training, translating the test set); `-`: not recorded by that run.",
-            "", _source(stem, r)]
+            "", f"Source: `bench/results/{stem}.json`; pairs are measured one run at a time, each with the "
+            "command, date and CPU given above (the file's last writer: "
+            f"{_source(stem, r).removeprefix('Source: ').rstrip('.')})."]
 
 
 RENDERERS: dict[str, Callable[[str, dict[str, Any]], list[str]]] = {

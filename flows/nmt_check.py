@@ -180,13 +180,15 @@ def build_data(cfg: NmtCheckConfig, gold: list[docs.SentencePair], mined_rows: l
 
 
 def sample_arms(data: CheckData, arms: list[Arm], cap: int | None, seed: int) -> dict[str, list[tuple[str, str]]]:
-    """The same number of pairs for every arm: as many as the smaller of mined and gold (and ``cap``), a
-    seeded sample of each."""
-    n = min(len(data.train["mined"]), len(data.train["gold"]))
+    """The same number of pairs for every arm: as many as the smaller of mined and gold among ``arms`` (and
+    ``cap``), a seeded sample of each. Without the gold arm, every mined pair can train (mined against
+    unfiltered where the gold pairs are fewer than the mined ones)."""
+    sized_by = [a for a in ("mined", "gold") if a in arms] or list(arms)
+    n = min(len(data.train[a]) for a in sized_by)
     if cap is not None:
         n = min(n, cap)
     if n == 0:
-        empty = [a for a in ("mined", "gold") if not data.train[a]]
+        empty = [a for a in sized_by if not data.train[a]]
         raise NmtCheckError(f"no {' and no '.join(empty)} training pairs outside the held-out pages: nothing to train on")
     out = {}
     for arm in arms:
@@ -292,7 +294,7 @@ def run_nmt_check(cfg: NmtCheckConfig, layout: Layout | None = None, progress: A
         out = layout.run_dir(run_id)
         summary_path = out / "nmt.json"
         write_json_atomic(summary_path, summary)
-        plot = plot_nmt(results, out / "nmt.png", f"NMT on mined vs gold vs unfiltered pairs, {src_lang}->{tgt_lang} "
+        plot = plot_nmt(results, out / "nmt.png", f"NMT on {' vs '.join(results)} pairs, {src_lang}->{tgt_lang} "
                         f"({summary['train_pairs'][next(iter(train))]:,} pairs each)")
         mlflow.log_artifact(str(summary_path))
         mlflow.log_artifact(str(plot))

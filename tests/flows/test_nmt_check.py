@@ -6,6 +6,7 @@ gives for the saved translations' model, and bad input is one line with exit cod
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 
@@ -60,6 +61,14 @@ def test_build_data_keeps_held_out_pages_and_sentences_out_of_every_arm():
     arms = sample_arms(data, ["mined", "gold", "unfiltered"], None, 0)
     n = min(len(data.train["mined"]), len(data.train["gold"]))
     assert {len(p) for p in arms.values()} == {n}
+    # Few gold pairs size every arm; without the gold arm, every mined pair trains.
+    few_gold = dataclasses.replace(data, train=data.train | {"gold": data.train["gold"][:10]})
+    assert {len(p) for p in sample_arms(few_gold, ["mined", "gold", "unfiltered"], None, 0).values()} == {10}
+    assert 10 < len(data.train["mined"]) < len(data.train["unfiltered"])
+    two = sample_arms(few_gold, ["mined", "unfiltered"], None, 0)
+    assert {len(p) for p in two.values()} == {len(data.train["mined"])}
+    assert sorted(two["mined"]) == sorted(data.train["mined"])
+    assert {len(p) for p in sample_arms(few_gold, ["mined", "unfiltered"], 7, 0).values()} == {7}
 
 
 def test_nmt_check_trains_three_arms_on_equal_data_and_records_what_it_measured(docs_root, tiny_eval_model, tmp_path):
