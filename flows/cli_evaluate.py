@@ -254,7 +254,7 @@ def mine(
     from flows.evaluate import MineRunConfig, run_mine
     from labse_core.langcodes import UnknownLanguage
     from labse_core.mining.knn import MiningInputError
-    from labse_core.mining.miner import MineConfig
+    from labse_core.mining.miner import DOCUMENT_FALLBACK_WHY, MineConfig
 
     with _one_line_errors(MiningInputError, UnknownLanguage, ValueError, OSError):
         mcfg = MineConfig(k=k, mode=mode, margin=margin, threshold=threshold, calibration=calibration, index=index,
@@ -280,7 +280,7 @@ def mine(
     if reused:  # a rerun of a killed run (labse_core.mining.resume)
         console.print(f"resumed: {reused} embedding chunks reused from the interrupted run {report.run_id}, "
                       f"{sum(c.get('embedded', 0) for c in s['embedding_chunks'].values())} embedded", highlight=False)
-    if s["threshold_method"] == "fallback" and "document pairs" in str(s.get("threshold_detail", {}).get("why")):
+    if s["threshold_method"] == "fallback" and s.get("threshold_detail", {}).get("why") == DOCUMENT_FALLBACK_WHY:
         console.print(f"threshold {s['threshold']:.4f}: {s['threshold_source']}", highlight=False)
     elif s["threshold_method"] == "fallback":
         console.print(f"[yellow]threshold {s['threshold']:.4f}:[/] {s['threshold_source']}; give --threshold if the "

@@ -57,6 +57,7 @@ from transformers import GenerationConfig, MarianConfig, MarianMTModel
 
 from labse_core import langcodes
 from labse_core.training.optim import clip_and_step, set_lr
+from storage.io import write_bytes_atomic
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 VOCAB_FILENAME = "spm.model"
@@ -195,9 +196,7 @@ def train_vocab(pairs: Sequence[Pair], folder: str | os.PathLike[str], cfg: NmtC
         raise NmtError(f"sentencepiece could not build a vocabulary (vocab_size={cfg.vocab_size}): "
                        f"{str(e).splitlines()[0]}") from e
     path = out / VOCAB_FILENAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # an existing spm.model is always a complete one
+    write_bytes_atomic(path, buf.getvalue())  # an existing spm.model is always a complete one
     return path
 
 

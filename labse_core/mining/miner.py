@@ -92,6 +92,11 @@ class MineConfig(BaseModel):
         return IndexConfig(kind=self.index, flat_max=self.flat_max, nprobe=self.nprobe, nlist=self.nlist)
 
 
+DOCUMENT_FALLBACK_WHY = "document pairs: document_calibration none"
+"""Why a run within document pairs used the fallback threshold: by design (``MineConfig.document_calibration``),
+not because calibration failed."""
+
+
 def choose_threshold(scores: np.ndarray, cfg: MineConfig, within_documents: bool = False) -> ThresholdChoice:
     """The threshold of a run whose candidate pairs (every pair of the mode, before any threshold)
     scored ``scores``: ``cfg.threshold`` when given, else calibrated from the scores
@@ -102,7 +107,7 @@ def choose_threshold(scores: np.ndarray, cfg: MineConfig, within_documents: bool
     fallback = DEFAULT_THRESHOLDS[cfg.margin]
     method = cfg.document_calibration if within_documents else cfg.calibration
     if method == "none":
-        return ThresholdChoice(fallback, "fallback", {"why": "document pairs: document_calibration none" if within_documents
+        return ThresholdChoice(fallback, "fallback", {"why": DOCUMENT_FALLBACK_WHY if within_documents
                                                       else "calibration none"})
     return calibrate(scores, method, fallback)
 
@@ -431,14 +436,12 @@ def mine_inputs(
     if doc_pairs is not None:
         cand = _mine_within_documents(src, tgt, xs, ys, doc_pairs, cfg)
         docs["document_pairs"] = len(doc_pairs)
-        choice = choose_threshold(cand.score, cfg, within_documents=True)
-        pairs = cand.above(choice.value)
         src_rows, tgt_rows = np.arange(xs.total), np.arange(ys.total)  # pairs index rows here
     else:
         cand = mine_embeddings(xs.vectors, ys.vectors, cfg, threshold=-np.inf)
-        choice = choose_threshold(cand.score, cfg)
-        pairs = cand.above(choice.value)
         src_rows, tgt_rows = xs.rows, ys.rows
+    choice = choose_threshold(cand.score, cfg, within_documents=doc_pairs is not None)
+    pairs = cand.above(choice.value)
     maybe_die("mine.scored")
     src_texts = collect_texts(src, src_rows[pairs.src])
     tgt_texts = collect_texts(tgt, tgt_rows[pairs.tgt])

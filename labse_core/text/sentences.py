@@ -85,7 +85,6 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Documents: the splitter measured best per language
 

@@ -276,6 +276,8 @@ def test_labse_mine_on_folders_of_real_man_pages_mines_within_pages_of_the_same_
                               "--tgt-lang", "en", "--model", str(model_dir), "--precision", "fp32"])
     assert res.exit_code == 0, res.output
     assert "mined within 4 document pairs" in res.output and "1 binary" in res.output and "1 unpaired" in res.output
+    # the fixed threshold within document pairs is the design, not a failed calibration: no warning
+    assert "document_calibration none" in res.output and "give --threshold" not in res.output
     rows = catalog.query(Layout.from_env(), "SELECT src_doc, src_pos, tgt_doc, tgt_pos, margin FROM mined WHERE src_origin = "
                                             f"'{tmp_path / 'de'}'").to_pylist()
     assert rows and all(r["src_doc"] == r["tgt_doc"] for r in rows)
